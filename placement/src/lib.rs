@@ -1,0 +1,11 @@
+//! Expert placement: which rank of a worker group hosts which routed experts.
+//!
+//! [`PlacementPlan`] is the one plan format (`moeflow.placement/v1`) that workers load,
+//! planners write and evaluators replay; [`ReplicaSelector`] is the one rule that picks a
+//! replica when an expert is hosted on several ranks. See `docs/placement-plan.md`.
+
+mod plan;
+mod replica;
+
+pub use plan::{PlacementPlan, PlanError, PlanTarget, PLAN_FORMAT};
+pub use replica::ReplicaSelector;

@@ -1,0 +1,186 @@
+//! A handle to one worker group: the control connections to its ranks and the lockstep step.
+//!
+//! Every rank of a group must run every step (ranks without sequences run an empty batch),
+//! because their forward passes meet at each MoE layer's all-to-all. A step therefore goes to
+//! all ranks at once and succeeds only if all of them succeed; any failure (a rank that died,
+//! a peer the others lost, a deadline passed) fails the whole step with an error that names
+//! the rank, so callers end the affected requests instead of waiting.
+
+use std::time::Duration;
+
+use moeflow_proto::v1 as pb;
+use moeflow_proto::v1::worker_client::WorkerClient;
+use tonic::transport::{Channel, Endpoint};
+
+/// Why a group operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    #[error("rank {rank} ({addr}): cannot connect: {msg}")]
+    Connect {
+        rank: usize,
+        addr: String,
+        msg: String,
+    },
+    #[error("rank {rank}: {code:?}: {message}")]
+    Rank {
+        rank: usize,
+        code: tonic::Code,
+        message: String,
+    },
+    #[error("rank {rank}: no answer within {after:?}")]
+    Timeout { rank: usize, after: Duration },
+    #[error("step has {got} rank batches, the group has {want} ranks")]
+    Shape { got: usize, want: usize },
+}
+
+/// The control clients of a group's ranks, by rank.
+#[derive(Debug, Clone)]
+pub struct WorkerGroup {
+    clients: Vec<WorkerClient<Channel>>,
+    addrs: Vec<String>,
+    step_timeout: Duration,
+}
+
+impl WorkerGroup {
+    /// Connects to every rank's control address (`host:port`, by rank).
+    pub async fn connect(addrs: Vec<String>, step_timeout: Duration) -> Result<Self, GroupError> {
+        let mut clients = Vec::with_capacity(addrs.len());
+        for (rank, addr) in addrs.iter().enumerate() {
+            let err = |msg: String| GroupError::Connect {
+                rank,
+                addr: addr.clone(),
+                msg,
+            };
+            let ep = Endpoint::from_shared(format!("http://{addr}"))
+                .map_err(|e| err(e.to_string()))?
+                .connect_timeout(Duration::from_secs(10))
+                .tcp_nodelay(true);
+            let ch = ep.connect().await.map_err(|e| err(e.to_string()))?;
+            clients.push(WorkerClient::new(ch).max_decoding_message_size(256 << 20));
+        }
+        Ok(Self {
+            clients,
+            addrs,
+            step_timeout,
+        })
+    }
+
+    pub fn world_size(&self) -> usize {
+        self.clients.len()
+    }
+
+    pub fn addrs(&self) -> &[String] {
+        &self.addrs
+    }
+
+    /// Runs one step: `per_rank[r]` are rank `r`'s chunks (possibly none). Returns each rank's
+    /// response, by rank, or the first failure.
+    pub async fn step(
+        &self,
+        step_id: u64,
+        per_rank: Vec<Vec<pb::SeqChunk>>,
+        return_logits: bool,
+    ) -> Result<Vec<pb::StepResponse>, GroupError> {
+        if per_rank.len() != self.clients.len() {
+            return Err(GroupError::Shape {
+                got: per_rank.len(),
+                want: self.clients.len(),
+            });
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for (rank, (client, seqs)) in self.clients.iter().zip(per_rank).enumerate() {
+            let mut client = client.clone();
+            let timeout = self.step_timeout;
+            tasks.spawn(async move {
+                let req = pb::StepRequest {
+                    step_id,
+                    seqs,
+                    return_logits,
+                };
+                let r = tokio::time::timeout(timeout, client.step(req)).await;
+                (rank, r)
+            });
+        }
+        let mut out: Vec<Option<pb::StepResponse>> = vec![None; self.clients.len()];
+        let mut first_err = None;
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((rank, r)) = joined else { continue };
+            match r {
+                Ok(Ok(resp)) => out[rank] = Some(resp.into_inner()),
+                Ok(Err(status)) => {
+                    first_err.get_or_insert(GroupError::Rank {
+                        rank,
+                        code: status.code(),
+                        message: status.message().to_string(),
+                    });
+                }
+                Err(_) => {
+                    first_err.get_or_insert(GroupError::Timeout {
+                        rank,
+                        after: self.step_timeout,
+                    });
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        Ok(out.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    /// Frees sequences' KV blocks on `rank`.
+    pub async fn release(&self, rank: usize, seq_ids: Vec<u64>) -> Result<u32, GroupError> {
+        let Some(client) = self.clients.get(rank) else {
+            return Err(GroupError::Shape {
+                got: rank + 1,
+                want: self.clients.len(),
+            });
+        };
+        let r = client
+            .clone()
+            .release(pb::ReleaseRequest { seq_ids })
+            .await
+            .map_err(|s| GroupError::Rank {
+                rank,
+                code: s.code(),
+                message: s.message().to_string(),
+            })?;
+        Ok(r.into_inner().freed_blocks)
+    }
+
+    /// Status of every rank (errors per rank are returned in place).
+    pub async fn status(&self) -> Vec<Result<pb::StatusResponse, GroupError>> {
+        let mut out = Vec::with_capacity(self.clients.len());
+        for (rank, c) in self.clients.iter().enumerate() {
+            let r = tokio::time::timeout(
+                Duration::from_secs(5),
+                c.clone().status(pb::StatusRequest {}),
+            )
+            .await;
+            out.push(match r {
+                Ok(Ok(s)) => Ok(s.into_inner()),
+                Ok(Err(s)) => Err(GroupError::Rank {
+                    rank,
+                    code: s.code(),
+                    message: s.message().to_string(),
+                }),
+                Err(_) => Err(GroupError::Timeout {
+                    rank,
+                    after: Duration::from_secs(5),
+                }),
+            });
+        }
+        out
+    }
+
+    /// Asks every rank to stop; ranks that are already gone are ignored.
+    pub async fn shutdown(&self) {
+        for c in &self.clients {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                c.clone().shutdown(pb::ShutdownRequest {}),
+            )
+            .await;
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! One module per subcommand: its arguments and its `run`.
+
+pub mod device;
+pub mod generate;
+pub mod group;
+pub mod init_model;
+pub mod worker;

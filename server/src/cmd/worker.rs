@@ -1,0 +1,166 @@
+//! `moeflow worker`: one rank of a worker group, as its own process.
+//!
+//! It joins the group's coordinator (which assigns the rank and tells it every peer's
+//! address), loads the dense weights and exactly the routed experts its placement plan gives
+//! its rank, connects to its peers, and then serves the `Worker` gRPC API through which the
+//! coordinator drives it step by step. On start-up it prints one line
+//! `MOEFLOW_WORKER_READY rank=R control=HOST:PORT` on stdout, so a launcher can find it.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use moeflow_comm::bootstrap::{join_blocking, JoinRequest};
+use moeflow_comm::{GroupIdentity, TcpComm, TcpConfig};
+use moeflow_placement::{PlacementPlan, PlanTarget};
+use moeflow_proto::v1::worker_server::WorkerServer;
+use moeflow_worker::config::{model_fingerprint, ModelConfig};
+use moeflow_worker::group::EpDispatch;
+use moeflow_worker::model::{LoadOptions, Transformer};
+use moeflow_worker::runtime::{Engine, EngineHandle, WorkerService};
+
+use super::device::DeviceArgs;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Checkpoint directory (Hugging Face layout).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// gRPC URL of the group's coordinator (`moeflow group` or the router).
+    #[arg(long)]
+    pub coordinator: String,
+    /// Placement plan (moeflow.placement/v1). Default: contiguous over --world-size ranks.
+    #[arg(long)]
+    pub plan: Option<PathBuf>,
+    /// Group size, needed only without --plan. Kubernetes LeaderWorkerSet: LWS_GROUP_SIZE.
+    #[arg(long, env = "LWS_GROUP_SIZE")]
+    pub world_size: Option<usize>,
+    /// A fixed rank instead of the next free one. LeaderWorkerSet: LWS_WORKER_INDEX.
+    #[arg(long, env = "LWS_WORKER_INDEX")]
+    pub rank: Option<usize>,
+    /// Group id every rank must share (two groups on one host never cross-connect).
+    #[arg(long, default_value = "")]
+    pub group_id: String,
+    /// Address the activation (comm) listener binds; its bound address is advertised.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub comm_listen: String,
+    /// Address the control gRPC server binds.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub control_listen: String,
+    /// A peer silent for this long is declared dead and the step fails (milliseconds).
+    #[arg(long, default_value_t = 3000)]
+    pub peer_timeout_ms: u64,
+    /// KV cache capacity in blocks of 16 tokens (allocated as used).
+    #[arg(long, default_value_t = 8192)]
+    pub kv_blocks: usize,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let (device, dtype) = args.device.resolve()?;
+    let config = ModelConfig::from_dir(&args.model)?;
+    let shape = config.shape();
+    let target = PlanTarget {
+        num_experts: shape.num_experts,
+        moe_layers: shape.moe_layers.clone(),
+    };
+    let plan = match (&args.plan, args.world_size) {
+        (Some(p), _) => {
+            PlacementPlan::from_file(p).with_context(|| format!("plan {}", p.display()))?
+        }
+        (None, Some(n)) => PlacementPlan::contiguous(&target, n)?,
+        (None, None) => bail!("either --plan or --world-size (LWS_GROUP_SIZE) is required"),
+    };
+    plan.check_target(&target)
+        .context("the placement plan does not fit the model")?;
+    let identity = GroupIdentity {
+        group_id: args.group_id.clone(),
+        model_fingerprint: model_fingerprint(&args.model)?,
+        plan_version: plan.fingerprint(),
+    };
+    let listener = TcpListener::bind(&args.comm_listen)
+        .with_context(|| format!("binding {}", args.comm_listen))?;
+    let address = listener.local_addr()?.to_string();
+    tracing::info!(%address, coordinator = %args.coordinator, "joining group");
+    let membership = join_blocking(
+        &args.coordinator,
+        JoinRequest {
+            address,
+            requested_rank: args.rank,
+            identity: identity.clone(),
+            want_nccl_id: false,
+        },
+        Duration::from_secs(60),
+    )?;
+    let rank = membership.rank;
+    if membership.world_size != plan.num_ranks {
+        bail!(
+            "the group has {} ranks, the plan {}",
+            membership.world_size,
+            plan.num_ranks
+        );
+    }
+    tracing::info!(
+        rank,
+        world_size = membership.world_size,
+        "joined; loading weights"
+    );
+    let filter = |layer: usize, e: u32| plan.hosts(layer, rank, e);
+    let model = Transformer::load(
+        &args.model,
+        LoadOptions {
+            dtype,
+            device: &device,
+            experts: Some(&filter),
+        },
+    )?;
+    let cfg = TcpConfig {
+        peer_timeout: Duration::from_millis(args.peer_timeout_ms),
+        heartbeat_interval: Duration::from_millis((args.peer_timeout_ms / 6).max(50)),
+        ..TcpConfig::default()
+    };
+    let comm = TcpComm::connect(
+        listener,
+        rank,
+        membership.peers.clone(),
+        identity.clone(),
+        cfg,
+    )?;
+    let dispatch = EpDispatch::new(comm, &plan)?;
+    let kv = model.kv_cache(moeflow_worker::generate::BLOCK_SIZE, args.kv_blocks);
+    let engine = EngineHandle::spawn(Engine::new(model, kv, dispatch));
+    let (service, mut shutdown) = WorkerService::new(
+        engine,
+        rank as u32,
+        membership.world_size as u32,
+        identity.model_fingerprint.clone(),
+        identity.plan_version,
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let control = tokio::net::TcpListener::bind(&args.control_listen)
+            .await
+            .with_context(|| format!("binding {}", args.control_listen))?;
+        let addr = control.local_addr()?;
+        println!("MOEFLOW_WORKER_READY rank={rank} control={addr}");
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        tonic::transport::Server::builder()
+            .add_service(WorkerServer::new(service).max_decoding_message_size(256 << 20))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(control),
+                async move {
+                    let _ = shutdown.wait_for(|s| *s).await;
+                },
+            )
+            .await?;
+        anyhow::Ok(())
+    })?;
+    tracing::info!(rank, "worker stopped");
+    Ok(())
+}

@@ -1,0 +1,48 @@
+//! `moeflow`: one binary for every role (model tools, single-process generation, and later the
+//! router, workers and the local launcher), so a deployment ships one artifact.
+
+mod cmd;
+mod launch;
+
+use clap::{Parser, Subcommand};
+
+/// moeflow: a serving runtime for large Mixture-of-Experts models.
+#[derive(Debug, Parser)]
+#[command(name = "moeflow", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a deterministic random-weight checkpoint in the Hugging Face layout.
+    InitModel(cmd::init_model::Args),
+    /// Generate a completion in this process (no router, no workers).
+    Generate(cmd::generate::Args),
+    /// Run one rank of an expert-parallel worker group.
+    Worker(cmd::worker::Args),
+    /// Run prompts on a local expert-parallel worker group of separate processes.
+    Group(cmd::group::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    init_tracing();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::InitModel(args) => cmd::init_model::run(args),
+        Command::Generate(args) => cmd::generate::run(args),
+        Command::Worker(args) => cmd::worker::run(args),
+        Command::Group(args) => cmd::group::run(args),
+    }
+}
+
+/// Logs go to stderr so that stdout stays machine-readable (`generate --json`).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MOEFLOW_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

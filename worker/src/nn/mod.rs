@@ -1,0 +1,190 @@
+//! Building blocks shared by the architectures: linear maps, RMSNorm, SwiGLU feed-forward,
+//! rotary embeddings and attention over the block KV cache.
+
+pub mod attention;
+pub(crate) mod kernels;
+pub mod rope;
+
+use candle_core::{DType, Tensor, D};
+
+use crate::error::Result;
+use crate::weights::{WeightStore, WeightsError};
+
+/// `y = x W^T` with `W` stored as published (`[out, in]`).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    w: Tensor,
+}
+
+impl Linear {
+    pub fn load(
+        ws: &WeightStore,
+        name: &str,
+        out_dim: usize,
+        in_dim: usize,
+    ) -> Result<Self, WeightsError> {
+        Ok(Self {
+            w: ws.get(&format!("{name}.weight"), &[out_dim, in_dim])?,
+        })
+    }
+
+    pub fn from_weight(w: Tensor) -> Self {
+        Self { w }
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.w.dims()[0]
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.w
+    }
+
+    /// `x`: `[tokens, in]` → `[tokens, out]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // f32 on CPU: split the output columns over the threads (see `kernels`), which at one
+        // token is what uses the whole memory bandwidth.
+        if let Some(y) = kernels::linear(x, &self.w) {
+            return Ok(Tensor::from_vec(
+                y,
+                (x.dims()[0], self.w.dims()[0]),
+                x.device(),
+            )?);
+        }
+        Ok(x.matmul(&self.w.t()?)?)
+    }
+}
+
+/// Root-mean-square normalisation over the last dimension, computed in f32 like the reference.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    w: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    pub fn load(ws: &WeightStore, name: &str, dim: usize, eps: f64) -> Result<Self, WeightsError> {
+        Ok(Self {
+            w: ws.get_as(&format!("{name}.weight"), &[dim], DType::F32)?,
+            eps: eps as f32,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let xf = x.to_dtype(DType::F32)?;
+        let y = candle_nn::ops::rms_norm(&xf.contiguous()?, &self.w, self.eps)?;
+        Ok(y.to_dtype(dtype)?)
+    }
+}
+
+/// L2 normalisation without a weight (Llama-4's q/k norm): `x / sqrt(mean(x^2) + eps)`.
+pub fn l2_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let xf = x.to_dtype(DType::F32)?;
+    let ms = xf.sqr()?.mean_keepdim(D::Minus1)?;
+    let y = xf.broadcast_div(&(ms + eps)?.sqrt()?)?;
+    Ok(y.to_dtype(dtype)?)
+}
+
+/// A SwiGLU feed-forward block, `down(silu(gate(x)) * up(x))`: dense MLPs, shared experts and
+/// routed experts all have this form.
+///
+/// Weights are stored input-major (`gate_up: [hidden, 2F]`, gate columns first; `down:
+/// [F, hidden]`) so that one matmul computes gate and up together, whatever layout the
+/// checkpoint used.
+#[derive(Debug, Clone)]
+pub struct SwiGlu {
+    gate_up: Tensor,
+    down: Tensor,
+    ffn: usize,
+}
+
+impl SwiGlu {
+    /// Loads `{prefix}.gate_proj/up_proj/down_proj.weight` (`[F, H]`, `[F, H]`, `[H, F]`).
+    pub fn load_split(
+        ws: &WeightStore,
+        prefix: &str,
+        hidden: usize,
+        ffn: usize,
+    ) -> Result<Self, WeightsError> {
+        let gate = ws.get(&format!("{prefix}.gate_proj.weight"), &[ffn, hidden])?;
+        let up = ws.get(&format!("{prefix}.up_proj.weight"), &[ffn, hidden])?;
+        let down = ws.get(&format!("{prefix}.down_proj.weight"), &[hidden, ffn])?;
+        let wrap = |source: candle_core::Error| WeightsError::Tensor {
+            name: format!("{prefix}.gate_proj/up_proj/down_proj"),
+            source,
+        };
+        let gate_up = Tensor::cat(&[&gate, &up], 0)
+            .and_then(|t| t.t())
+            .and_then(|t| t.contiguous())
+            .map_err(wrap)?;
+        let down = down.t().and_then(|t| t.contiguous()).map_err(wrap)?;
+        Ok(Self { gate_up, down, ffn })
+    }
+
+    /// From input-major tensors: `gate_up: [H, 2F]` (gate first) and `down: [F, H]`.
+    pub fn from_input_major(gate_up: Tensor, down: Tensor) -> Result<Self> {
+        let ffn = down.dims()[0];
+        Ok(Self {
+            gate_up: gate_up.contiguous()?,
+            down: down.contiguous()?,
+            ffn,
+        })
+    }
+
+    pub fn ffn(&self) -> usize {
+        self.ffn
+    }
+
+    pub fn gate_up(&self) -> &Tensor {
+        &self.gate_up
+    }
+
+    pub fn down(&self) -> &Tensor {
+        &self.down
+    }
+
+    /// Number of weight bytes (for accounting and bandwidth roofline).
+    pub fn bytes(&self) -> usize {
+        (self.gate_up.elem_count() + self.down.elem_count()) * self.gate_up.dtype().size_in_bytes()
+    }
+
+    /// The weights borrowed as f32 slices (`gate_up`, `down`), when they are f32 in CPU
+    /// memory with the shapes the fast kernels assume; `None` sends callers to candle ops.
+    pub(crate) fn f32_weights(&self) -> Option<(kernels::F32Guard<'_>, kernels::F32Guard<'_>)> {
+        let hidden = self.gate_up.dims().first().copied()?;
+        if self.gate_up.dims() != [hidden, 2 * self.ffn] || self.down.dims() != [self.ffn, hidden] {
+            return None;
+        }
+        Some((
+            kernels::F32Guard::new(&self.gate_up)?,
+            kernels::F32Guard::new(&self.down)?,
+        ))
+    }
+
+    /// `x`: `[tokens, hidden]` → `[tokens, hidden]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let &[t, hidden] = x.dims() {
+            if hidden == self.gate_up.dims()[0] {
+                let fast = kernels::with_f32(x, |xs| {
+                    let (gate_up, down) = self.f32_weights()?;
+                    let ffn = kernels::SwiGluRef {
+                        gate_up: gate_up.slice(),
+                        down: down.slice(),
+                    };
+                    let groups = [kernels::GroupWork { ffn, rows: 0..t }];
+                    Some(kernels::grouped_swiglu(xs, &groups, hidden, self.ffn, None))
+                })
+                .flatten();
+                if let Some(y) = fast {
+                    return Ok(Tensor::from_vec(y, (t, hidden), x.device())?);
+                }
+            }
+        }
+        let h = x.matmul(&self.gate_up)?;
+        let g = h.narrow(1, 0, self.ffn)?.silu()?;
+        let u = h.narrow(1, self.ffn, self.ffn)?;
+        Ok((g * u)?.matmul(&self.down)?)
+    }
+}

@@ -1,0 +1,227 @@
+//! One rank's execution state and its command loop.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use crate::error::{ModelError, Result};
+use crate::kv_cache::{KvCache, SeqId};
+use crate::model::{ForwardCtx, LogitsMode, SeqInput, Transformer};
+use crate::moe::MoeDispatch;
+use crate::sampling::{Sample, Sampler, SamplingParams};
+
+/// New tokens of one sequence for a step.
+#[derive(Debug, Clone)]
+pub struct ChunkInput {
+    pub seq: SeqId,
+    pub tokens: Vec<u32>,
+    pub start: usize,
+    pub prompt: bool,
+    /// Sampling settings; needed with a sequence's first chunk.
+    pub sampling: Option<SamplingParams>,
+    /// Whether to sample a token after this chunk.
+    pub sample: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct StepInput {
+    pub seqs: Vec<ChunkInput>,
+    pub return_logits: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SeqOutput {
+    pub seq: SeqId,
+    pub sample: Option<Sample>,
+    pub logits: Option<Vec<f32>>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct EngineStatus {
+    pub running_sequences: usize,
+    pub kv_usage: f32,
+    pub kv_free_blocks: usize,
+    /// JSON of the dispatch's data-movement counters, when it keeps any.
+    pub dispatch_stats: Option<String>,
+}
+
+/// Hooks the engine needs from its dispatch beyond [`MoeDispatch`].
+pub trait DispatchStats {
+    /// JSON of accumulated counters, if the dispatch keeps any.
+    fn stats_json(&self) -> Option<String> {
+        None
+    }
+}
+
+impl DispatchStats for crate::moe::LocalDispatch {}
+
+/// A rank's model, KV cache, dispatch and samplers.
+pub struct Engine<D> {
+    model: Transformer,
+    kv: KvCache,
+    dispatch: D,
+    samplers: HashMap<SeqId, Sampler>,
+}
+
+impl<D: MoeDispatch + DispatchStats> Engine<D> {
+    pub fn new(model: Transformer, kv: KvCache, dispatch: D) -> Self {
+        Self {
+            model,
+            kv,
+            dispatch,
+            samplers: HashMap::new(),
+        }
+    }
+
+    pub fn model(&self) -> &Transformer {
+        &self.model
+    }
+
+    /// Runs one forward pass over this rank's chunks (possibly none) and samples where asked.
+    pub fn step(&mut self, input: StepInput) -> Result<Vec<SeqOutput>> {
+        for c in &input.seqs {
+            if !self.samplers.contains_key(&c.seq) && c.start != 0 {
+                return Err(ModelError::Input(format!(
+                    "sequence {}: unknown sequence continued at position {}",
+                    c.seq, c.start
+                )));
+            }
+        }
+        let batch: Vec<SeqInput> = input
+            .seqs
+            .iter()
+            .map(|c| SeqInput {
+                seq: c.seq,
+                tokens: c.tokens.clone(),
+                start: c.start,
+                prompt: c.prompt,
+            })
+            .collect();
+        let logits = {
+            let mut ctx = ForwardCtx {
+                dispatch: &mut self.dispatch,
+                observer: None,
+            };
+            self.model
+                .forward(&batch, &mut self.kv, &mut ctx, LogitsMode::LastPerSeq)?
+        };
+        let rows = if input.seqs.is_empty() {
+            Vec::new()
+        } else {
+            logits.to_vec2::<f32>()?
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for (c, row) in input.seqs.iter().zip(rows) {
+            let sampler = self.samplers.entry(c.seq).or_insert_with(|| {
+                Sampler::new(c.sampling.clone().unwrap_or_else(SamplingParams::greedy))
+            });
+            let sample = c.sample.then(|| sampler.sample(&row));
+            out.push(SeqOutput {
+                seq: c.seq,
+                sample,
+                logits: input.return_logits.then_some(row),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Frees the KV blocks and samplers of `seqs`; returns the blocks freed.
+    pub fn release(&mut self, seqs: &[SeqId]) -> usize {
+        seqs.iter()
+            .map(|s| {
+                self.samplers.remove(s);
+                self.kv.free(*s)
+            })
+            .sum()
+    }
+
+    pub fn status(&self) -> EngineStatus {
+        EngineStatus {
+            running_sequences: self.kv.num_seqs(),
+            kv_usage: self.kv.usage(),
+            kv_free_blocks: self.kv.free_blocks(),
+            dispatch_stats: self.dispatch.stats_json(),
+        }
+    }
+}
+
+enum Command {
+    Step(StepInput, oneshot::Sender<Result<(Vec<SeqOutput>, f64)>>),
+    Release(Vec<SeqId>, oneshot::Sender<usize>),
+    Status(oneshot::Sender<EngineStatus>),
+    Shutdown,
+}
+
+/// A cloneable handle to an engine running on its own thread.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl EngineHandle {
+    /// Moves `engine` to a new OS thread that serves commands until shutdown.
+    pub fn spawn<D: MoeDispatch + DispatchStats + Send + 'static>(mut engine: Engine<D>) -> Self {
+        let (tx, rx) = mpsc::channel::<Command>();
+        std::thread::Builder::new()
+            .name("moeflow-engine".into())
+            .spawn(move || {
+                while let Ok(cmd) = rx.recv() {
+                    match cmd {
+                        Command::Step(input, reply) => {
+                            let t0 = Instant::now();
+                            let r = engine.step(input).map(|o| (o, t0.elapsed().as_secs_f64()));
+                            if let Err(e) = &r {
+                                tracing::warn!(error = %e, "step failed");
+                            }
+                            let _ = reply.send(r);
+                        }
+                        Command::Release(seqs, reply) => {
+                            let _ = reply.send(engine.release(&seqs));
+                        }
+                        Command::Status(reply) => {
+                            let _ = reply.send(engine.status());
+                        }
+                        Command::Shutdown => break,
+                    }
+                }
+                tracing::info!("engine stopped");
+            })
+            .map(|_| ())
+            .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start the engine thread"));
+        Self { tx }
+    }
+
+    fn gone() -> ModelError {
+        ModelError::Dispatch("the engine thread has stopped".into())
+    }
+
+    pub async fn step(&self, input: StepInput) -> Result<(Vec<SeqOutput>, f64)> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Step(input, tx))
+            .map_err(|_| Self::gone())?;
+        rx.await.map_err(|_| Self::gone())?
+    }
+
+    pub async fn release(&self, seqs: Vec<SeqId>) -> Result<usize> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Release(seqs, tx))
+            .map_err(|_| Self::gone())?;
+        rx.await.map_err(|_| Self::gone())
+    }
+
+    pub async fn status(&self) -> Result<EngineStatus> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Status(tx))
+            .map_err(|_| Self::gone())?;
+        rx.await.map_err(|_| Self::gone())
+    }
+
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Command::Shutdown);
+    }
+}

@@ -1,0 +1,154 @@
+//! The gRPC `Worker` service: the coordinator's view of one rank.
+
+use moeflow_proto::v1 as pb;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use super::engine::{ChunkInput, EngineHandle, StepInput};
+use crate::error::ModelError;
+use crate::sampling::SamplingParams;
+
+/// Serves one rank's engine over gRPC.
+#[derive(Clone)]
+pub struct WorkerService {
+    engine: EngineHandle,
+    rank: u32,
+    world_size: u32,
+    model_fingerprint: String,
+    plan_fingerprint: u64,
+    shutdown: watch::Sender<bool>,
+}
+
+impl WorkerService {
+    pub fn new(
+        engine: EngineHandle,
+        rank: u32,
+        world_size: u32,
+        model_fingerprint: String,
+        plan_fingerprint: u64,
+    ) -> (Self, watch::Receiver<bool>) {
+        let (shutdown, rx) = watch::channel(false);
+        (
+            Self {
+                engine,
+                rank,
+                world_size,
+                model_fingerprint,
+                plan_fingerprint,
+                shutdown,
+            },
+            rx,
+        )
+    }
+}
+
+fn status_of(e: ModelError) -> Status {
+    match e {
+        ModelError::Input(_) | ModelError::Kv(_) => Status::invalid_argument(e.to_string()),
+        ModelError::Dispatch(_) | ModelError::Comm(_) => Status::unavailable(e.to_string()),
+        _ => Status::internal(e.to_string()),
+    }
+}
+
+fn chunk_from_pb(c: pb::SeqChunk) -> Result<ChunkInput, Status> {
+    let sampling = match c.sampling {
+        Some(s) => {
+            let p = SamplingParams {
+                temperature: s.temperature,
+                top_p: if s.top_p == 0.0 { 1.0 } else { s.top_p },
+                top_k: s.top_k as usize,
+                seed: s.seed,
+            };
+            p.validate()
+                .map_err(|e| Status::invalid_argument(format!("sequence {}: {e}", c.seq_id)))?;
+            Some(p)
+        }
+        None => None,
+    };
+    Ok(ChunkInput {
+        seq: c.seq_id,
+        tokens: c.tokens,
+        start: c.start as usize,
+        prompt: c.prompt,
+        sampling,
+        sample: c.sample,
+    })
+}
+
+#[tonic::async_trait]
+impl pb::worker_server::Worker for WorkerService {
+    async fn step(
+        &self,
+        request: Request<pb::StepRequest>,
+    ) -> Result<Response<pb::StepResponse>, Status> {
+        let req = request.into_inner();
+        let seqs = req
+            .seqs
+            .into_iter()
+            .map(chunk_from_pb)
+            .collect::<Result<Vec<_>, _>>()?;
+        let (outputs, secs) = self
+            .engine
+            .step(StepInput {
+                seqs,
+                return_logits: req.return_logits,
+            })
+            .await
+            .map_err(status_of)?;
+        let results = outputs
+            .into_iter()
+            .map(|o| pb::SeqResult {
+                seq_id: o.seq,
+                token: o.sample.map_or(0, |s| s.token),
+                logprob: o.sample.map_or(0.0, |s| s.logprob),
+                logits: o.logits.unwrap_or_default(),
+                sampled: o.sample.is_some(),
+            })
+            .collect();
+        Ok(Response::new(pb::StepResponse {
+            step_id: req.step_id,
+            results,
+            forward_seconds: secs,
+        }))
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let freed = self
+            .engine
+            .release(request.into_inner().seq_ids)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::ReleaseResponse {
+            freed_blocks: freed as u32,
+        }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let s = self.engine.status().await.map_err(status_of)?;
+        Ok(Response::new(pb::StatusResponse {
+            rank: self.rank,
+            world_size: self.world_size,
+            running_sequences: s.running_sequences as u32,
+            kv_usage: s.kv_usage,
+            kv_free_blocks: s.kv_free_blocks as u32,
+            ep_stats_json: s.dispatch_stats.unwrap_or_default(),
+            model_fingerprint: self.model_fingerprint.clone(),
+            plan_fingerprint: self.plan_fingerprint,
+        }))
+    }
+
+    async fn shutdown(
+        &self,
+        _request: Request<pb::ShutdownRequest>,
+    ) -> Result<Response<pb::ShutdownResponse>, Status> {
+        self.engine.shutdown();
+        let _ = self.shutdown.send(true);
+        Ok(Response::new(pb::ShutdownResponse {}))
+    }
+}

@@ -1,0 +1,186 @@
+//! Token sampling: greedy, temperature, top-k and top-p, deterministic for a given seed.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// How the next token is chosen. Temperature 0 is greedy.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SamplingParams {
+    pub temperature: f32,
+    /// Nucleus mass in (0, 1]; 1 disables it.
+    pub top_p: f32,
+    /// Keep only the `top_k` most likely tokens; 0 disables it.
+    pub top_k: usize,
+    /// Seed of this request's random stream; `None` draws one.
+    pub seed: Option<u64>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: None,
+        }
+    }
+}
+
+impl SamplingParams {
+    pub fn greedy() -> Self {
+        Self {
+            temperature: 0.0,
+            ..Self::default()
+        }
+    }
+
+    /// Checks the ranges; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            return Err(format!(
+                "temperature must be >= 0, got {}",
+                self.temperature
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(format!("top_p must be in (0, 1], got {}", self.top_p));
+        }
+        Ok(())
+    }
+}
+
+/// One sampled token with the log-probability the model gave it (before temperature and
+/// truncation, as OpenAI-compatible servers report it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    pub token: u32,
+    pub logprob: f32,
+}
+
+/// A per-sequence sampler with its own random stream.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    params: SamplingParams,
+    rng: ChaCha8Rng,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Self {
+        let seed = params.seed.unwrap_or_else(|| rand::rng().random());
+        Self {
+            params,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    pub fn sample(&mut self, logits: &[f32]) -> Sample {
+        let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let lse = max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
+        let token = if self.params.temperature == 0.0 {
+            argmax(logits)
+        } else {
+            self.draw(logits)
+        };
+        Sample {
+            token: token as u32,
+            logprob: logits.get(token).map_or(f32::NEG_INFINITY, |&l| l - lse),
+        }
+    }
+
+    fn draw(&mut self, logits: &[f32]) -> usize {
+        let t = self.params.temperature;
+        let mut cand: Vec<(usize, f32)> = logits.iter().map(|&l| l / t).enumerate().collect();
+        cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        if self.params.top_k > 0 {
+            cand.truncate(self.params.top_k);
+        }
+        let m = cand.first().map_or(0.0, |c| c.1);
+        let mut probs: Vec<f32> = cand.iter().map(|c| (c.1 - m).exp()).collect();
+        let z: f32 = probs.iter().sum();
+        probs.iter_mut().for_each(|p| *p /= z);
+        if self.params.top_p < 1.0 {
+            let mut acc = 0.0;
+            let mut keep = probs.len();
+            for (i, p) in probs.iter().enumerate() {
+                acc += p;
+                if acc >= self.params.top_p {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            probs.truncate(keep);
+            let z: f32 = probs.iter().sum();
+            probs.iter_mut().for_each(|p| *p /= z);
+        }
+        let u: f32 = self.rng.random();
+        let mut acc = 0.0;
+        for (i, p) in probs.iter().enumerate() {
+            acc += p;
+            if u < acc {
+                return cand[i].0;
+            }
+        }
+        cand[probs.len().saturating_sub(1)].0
+    }
+}
+
+/// Index of the largest value; the first one on ties (like `torch.argmax`).
+pub fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_picks_argmax_with_logprob() {
+        let mut s = Sampler::new(SamplingParams::greedy());
+        let out = s.sample(&[0.0, 2.0, 1.0]);
+        assert_eq!(out.token, 1);
+        let z = (0f32.exp() + 2f32.exp() + 1f32.exp()).ln();
+        assert!((out.logprob - (2.0 - z)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn same_seed_same_tokens_and_top_k_restricts() {
+        let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: 0.9,
+            top_k: 5,
+            seed: Some(7),
+        };
+        let a: Vec<u32> = {
+            let mut s = Sampler::new(p.clone());
+            (0..20).map(|_| s.sample(&logits).token).collect()
+        };
+        let b: Vec<u32> = {
+            let mut s = Sampler::new(p);
+            (0..20).map(|_| s.sample(&logits).token).collect()
+        };
+        assert_eq!(a, b);
+        let mut sorted: Vec<usize> = (0..50).collect();
+        sorted.sort_by(|&x, &y| logits[y].total_cmp(&logits[x]));
+        assert!(a.iter().all(|t| sorted[..5].contains(&(*t as usize))));
+    }
+
+    #[test]
+    fn validate_names_field() {
+        let p = SamplingParams {
+            temperature: -1.0,
+            ..Default::default()
+        };
+        assert!(p.validate().unwrap_err().contains("temperature"));
+    }
+}
