@@ -15,7 +15,7 @@ pub fn f32_to_bytes(values: &[f32]) -> Vec<u8> {
 /// f32 values of a message from `peer`; a length that is not a multiple of 4 means the peer
 /// sent something other than f32 data.
 pub fn bytes_to_f32(peer: usize, bytes: &[u8]) -> Result<Vec<f32>, CommError> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(CommError::protocol(
             peer,
             format!(

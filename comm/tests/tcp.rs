@@ -56,7 +56,8 @@ fn expect_mismatch(r: &Result<TcpComm, CommError>, field: &str) {
 
 #[test]
 fn handshake_refuses_another_model_plan_or_group() {
-    let cases: Vec<(&str, fn(&mut GroupIdentity))> = vec![
+    type Change = fn(&mut GroupIdentity);
+    let cases: Vec<(&str, Change)> = vec![
         ("model fingerprint", |id| {
             id.model_fingerprint = "other-model".into()
         }),
@@ -132,17 +133,24 @@ fn a_failed_rank_aborts_the_group_for_the_others() {
     // Ranks 0 and 1 enter a barrier; rank 2 is busy elsewhere (waiting for a message that
     // never comes), so they time out on it and abort the group. The abort must reach rank 2
     // and end its wait with rank 0 lost, instead of leaving it blocked until its own timeout.
-    let cfg = TcpConfig {
+    let short = TcpConfig {
         op_timeout: Duration::from_millis(300),
         ..quick()
     };
-    let mut comms = tcp_group(3, cfg);
+    let mut comms: Vec<TcpComm> =
+        common::try_tcp_group_cfgs(vec![identity(); 3], vec![short.clone(), short, quick()])
+            .into_iter()
+            .map(|r| r.expect("group forms"))
+            .collect();
     let results = on_all(&mut comms, |c| match c.rank() {
         2 => c.recv(0, 42).map(|_| ()),
         _ => c.barrier(),
     });
     for r in &results[..2] {
-        assert!(matches!(r, Err(CommError::Timeout { peer: 2, .. })), "{r:?}");
+        assert!(
+            matches!(r, Err(CommError::Timeout { peer: 2, .. })),
+            "{r:?}"
+        );
     }
     match &results[2] {
         Err(CommError::PeerLost { peer: 0, reason }) => {

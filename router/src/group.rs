@@ -102,28 +102,27 @@ impl WorkerGroup {
             });
         }
         let mut out: Vec<Option<pb::StepResponse>> = vec![None; self.clients.len()];
-        let mut first_err = None;
         while let Some(joined) = tasks.join_next().await {
             let Ok((rank, r)) = joined else { continue };
-            match r {
-                Ok(Ok(resp)) => out[rank] = Some(resp.into_inner()),
-                Ok(Err(status)) => {
-                    first_err.get_or_insert(GroupError::Rank {
-                        rank,
-                        code: status.code(),
-                        message: status.message().to_string(),
-                    });
+            // The first failing rank decides: the step cannot complete without it, and a rank
+            // that hangs must not hold the caller until the step timeout.
+            let err = match r {
+                Ok(Ok(resp)) => {
+                    out[rank] = Some(resp.into_inner());
+                    continue;
                 }
-                Err(_) => {
-                    first_err.get_or_insert(GroupError::Timeout {
-                        rank,
-                        after: self.step_timeout,
-                    });
-                }
-            }
-        }
-        if let Some(e) = first_err {
-            return Err(e);
+                Ok(Err(status)) => GroupError::Rank {
+                    rank,
+                    code: status.code(),
+                    message: status.message().to_string(),
+                },
+                Err(_) => GroupError::Timeout {
+                    rank,
+                    after: self.step_timeout,
+                },
+            };
+            tasks.abort_all();
+            return Err(err);
         }
         Ok(out.into_iter().map(Option::unwrap_or_default).collect())
     }

@@ -279,9 +279,11 @@ impl Coordinator {
         let id = &self.inner.cfg.identity;
         let nccl_unique_id = match (&formed.nccl_id, req.want_nccl_id) {
             (Some(Ok(nccl)), _) => nccl.to_vec(),
-            (Some(Err(reason)), true) => return Err(Status::failed_precondition(format!(
+            (Some(Err(reason)), true) => {
+                return Err(Status::failed_precondition(format!(
                 "an NCCL unique id was requested but is not available on the coordinator: {reason}"
-            ))),
+            )))
+            }
             _ => Vec::new(),
         };
         Ok(GroupJoinResponse {

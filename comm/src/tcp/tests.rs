@@ -62,7 +62,8 @@ fn fake_rank1(addr: &str) -> TcpStream {
 fn garbage_instead_of_a_handshake_is_a_protocol_error() {
     let (addr, r0) = rank0(quick());
     let mut s = TcpStream::connect(&addr).expect("connect");
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
     match r0.join().expect("rank 0") {
         Err(CommError::Protocol {
             peer: PeerId::Unidentified(_),

@@ -32,14 +32,23 @@ pub fn try_tcp_group_with(
     identities: Vec<GroupIdentity>,
     cfg: TcpConfig,
 ) -> Vec<Result<TcpComm, CommError>> {
+    let cfgs = vec![cfg; identities.len()];
+    try_tcp_group_cfgs(identities, cfgs)
+}
+
+/// Connects ranks in threads, each with its own identity and configuration.
+pub fn try_tcp_group_cfgs(
+    identities: Vec<GroupIdentity>,
+    cfgs: Vec<TcpConfig>,
+) -> Vec<Result<TcpComm, CommError>> {
     let n = identities.len();
     let (ls, addrs) = listeners(n);
     let handles: Vec<_> = ls
         .into_iter()
-        .zip(identities)
+        .zip(identities.into_iter().zip(cfgs))
         .enumerate()
-        .map(|(rank, (l, id))| {
-            let (addrs, cfg) = (addrs.clone(), cfg.clone());
+        .map(|(rank, (l, (id, cfg)))| {
+            let addrs = addrs.clone();
             thread::spawn(move || TcpComm::connect(l, rank, addrs, id, cfg))
         })
         .collect();

@@ -16,6 +16,10 @@ use crate::nn::rope::{Rope, RopeStyle};
 use crate::nn::{Linear, RmsNorm, SwiGlu};
 use crate::weights::WeightStore;
 
+/// The reference normalises the low-rank query and latent with a fixed epsilon, not the
+/// config's `rms_norm_eps`.
+const LORA_NORM_EPS: f64 = 1e-6;
+
 pub(crate) fn load(
     c: &DeepseekV3Config,
     ws: &WeightStore,
@@ -49,7 +53,7 @@ pub(crate) fn load(
         let q = match c.q_lora_rank {
             Some(r) => QueryProj::LowRank {
                 a: Linear::load(ws, &format!("{a}.q_a_proj"), r, h)?,
-                norm: RmsNorm::load(ws, &format!("{a}.q_a_layernorm"), r, eps)?,
+                norm: RmsNorm::load(ws, &format!("{a}.q_a_layernorm"), r, LORA_NORM_EPS)?,
                 b: Linear::load(ws, &format!("{a}.q_b_proj"), nh * qk, r)?,
             },
             None => QueryProj::Full(Linear::load(ws, &format!("{a}.q_proj"), nh * qk, h)?),
@@ -62,7 +66,7 @@ pub(crate) fn load(
                 c.kv_lora_rank + c.qk_rope_head_dim,
                 h,
             )?,
-            kv_a_norm: RmsNorm::load(ws, &format!("{a}.kv_a_layernorm"), c.kv_lora_rank, eps)?,
+            kv_a_norm: RmsNorm::load(ws, &format!("{a}.kv_a_layernorm"), c.kv_lora_rank, LORA_NORM_EPS)?,
             kv_b: Linear::load(
                 ws,
                 &format!("{a}.kv_b_proj"),

@@ -251,8 +251,8 @@ unsafe fn rows_axpy_avx2(
     rows_axpy_body::<true>(n, k, x, w, w_rs, out)
 }
 
-/// AVX2 version of [`rows_dot_body`], register-blocked: tiles of up to 3 weight rows x 4
-/// input rows, so that each 8-float load feeds 3 or 4 FMAs instead of one (the plain
+/// AVX2 version of [`rows_dot_body`], register-blocked: tiles of up to 3 weight rows x 3
+/// input rows, so that each 8-float load feeds 3 FMAs instead of one (the plain
 /// version is bound by loads from L1 once several rows share a weight row) and every tile
 /// has independent accumulators to hide the FMA latency.
 #[cfg(target_arch = "x86_64")]
@@ -266,7 +266,7 @@ unsafe fn rows_dot_avx2(
     out: &mut [&mut [f32]],
 ) {
     const NB: usize = 3;
-    const MB: usize = 4;
+    const MB: usize = 3;
     let m = out.len();
     // Every row read by the tiles is `k` long and starts within these bounds.
     assert!(n == 0 || (n - 1) * w_rs + k <= w.len());
@@ -282,15 +282,12 @@ unsafe fn rows_dot_avx2(
             // above); the CPU has AVX2 and FMA (this function's contract).
             unsafe {
                 match (nb, mb) {
-                    (3, 4) => dot_tile::<3, 4>(t, out),
                     (3, 3) => dot_tile::<3, 3>(t, out),
                     (3, 2) => dot_tile::<3, 2>(t, out),
                     (3, 1) => dot_tile::<3, 1>(t, out),
-                    (2, 4) => dot_tile::<2, 4>(t, out),
                     (2, 3) => dot_tile::<2, 3>(t, out),
                     (2, 2) => dot_tile::<2, 2>(t, out),
                     (2, 1) => dot_tile::<2, 1>(t, out),
-                    (1, 4) => dot_tile::<1, 4>(t, out),
                     (1, 3) => dot_tile::<1, 3>(t, out),
                     (1, 2) => dot_tile::<1, 2>(t, out),
                     _ => dot_tile::<1, 1>(t, out),
@@ -319,16 +316,18 @@ unsafe fn dot_tile<const NB: usize, const MB: usize>(
     let mut acc = [[_mm256_setzero_ps(); MB]; NB];
     let mut l = 0;
     while l < k8 {
-        let mut xv = [_mm256_setzero_ps(); MB];
-        for (c, v) in xv.iter_mut().enumerate() {
+        // NB weight vectors stay in registers while the MB input vectors stream past: with
+        // the NB * MB accumulators that is 13 of the 16 vector registers, no spills.
+        let mut wv = [_mm256_setzero_ps(); NB];
+        for (r, v) in wv.iter_mut().enumerate() {
             // SAFETY: in bounds (contract).
-            *v = unsafe { _mm256_loadu_ps(xp.add((i + c) * x.rs + l)) };
+            *v = unsafe { _mm256_loadu_ps(wp.add((j + r) * w_rs + l)) };
         }
-        for (r, accr) in acc.iter_mut().enumerate() {
+        for c in 0..MB {
             // SAFETY: in bounds (contract).
-            let wv = unsafe { _mm256_loadu_ps(wp.add((j + r) * w_rs + l)) };
-            for (a, xc) in accr.iter_mut().zip(&xv) {
-                *a = _mm256_fmadd_ps(wv, *xc, *a);
+            let xc = unsafe { _mm256_loadu_ps(xp.add((i + c) * x.rs + l)) };
+            for (accr, wr) in acc.iter_mut().zip(&wv) {
+                accr[c] = _mm256_fmadd_ps(*wr, xc, accr[c]);
             }
         }
         l += 8;
