@@ -1,6 +1,9 @@
 //! Scheduling library for moeflow: the router's view of worker groups (and, as it grows,
 //! admission, continuous batching and prefill/decode placement).
 
+pub mod api;
 pub mod group;
+pub mod scheduler;
 
 pub use group::{GroupError, WorkerGroup};
+pub use scheduler::{Scheduler, SchedulerConfig};

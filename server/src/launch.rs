@@ -6,7 +6,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use std::path::Path;
+
 use anyhow::{bail, Context};
+use moeflow_comm::bootstrap::{Coordinator, CoordinatorConfig};
+use moeflow_comm::GroupIdentity;
+use moeflow_placement::{PlacementPlan, PlanTarget};
+use moeflow_worker::config::{model_fingerprint, ModelConfig};
 
 /// A worker process started by this process.
 #[derive(Debug)]
@@ -14,6 +20,123 @@ pub struct LocalWorker {
     pub child: Child,
     pub rank: usize,
     pub control: String,
+}
+
+/// A worker group of local processes and the coordinator that formed it.
+pub struct LocalGroup {
+    pub workers: Vec<LocalWorker>,
+    /// Keeps the plan file alive while workers may read it.
+    _plan_file: tempfile::NamedTempFile,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl LocalGroup {
+    /// Control addresses by rank.
+    pub fn controls(&self) -> Vec<String> {
+        self.workers.iter().map(|w| w.control.clone()).collect()
+    }
+
+    /// Stops the coordinator and reaps the workers (after `grace`, kills them).
+    pub fn stop(&mut self, grace: Duration) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        reap(&mut self.workers, grace);
+    }
+}
+
+impl Drop for LocalGroup {
+    fn drop(&mut self) {
+        self.stop(Duration::from_millis(500));
+    }
+}
+
+/// Options of a local group.
+pub struct GroupSpec<'a> {
+    pub model: &'a Path,
+    pub ranks: usize,
+    pub plan: Option<&'a Path>,
+    pub group_id: String,
+    pub peer_timeout_ms: u64,
+    /// More `moeflow worker` arguments for every rank.
+    pub extra_args: Vec<String>,
+}
+
+/// Hosts a coordinator on `rt`, starts `spec.ranks` worker processes and waits until they
+/// serve. The plan is validated against the model first, so nothing starts for a bad plan.
+pub fn start_local_group(
+    rt: &tokio::runtime::Runtime,
+    spec: GroupSpec<'_>,
+) -> anyhow::Result<LocalGroup> {
+    if spec.ranks == 0 {
+        bail!("a group needs at least one rank");
+    }
+    let shape = ModelConfig::from_dir(spec.model)?.shape();
+    let target = PlanTarget {
+        num_experts: shape.num_experts,
+        moe_layers: shape.moe_layers.clone(),
+    };
+    let plan = match spec.plan {
+        Some(p) => PlacementPlan::from_file(p).with_context(|| format!("plan {}", p.display()))?,
+        None => PlacementPlan::contiguous(&target, spec.ranks)?,
+    };
+    plan.check_target(&target)
+        .context("the placement plan does not fit the model")?;
+    if plan.num_ranks != spec.ranks {
+        bail!(
+            "the group has {} ranks but the plan {}",
+            spec.ranks,
+            plan.num_ranks
+        );
+    }
+    let plan_file = {
+        use std::io::Write;
+        let mut f = tempfile::Builder::new()
+            .prefix("moeflow-plan-")
+            .suffix(".json")
+            .tempfile()?;
+        f.write_all(plan.to_json_pretty().as_bytes())?;
+        f.flush()?;
+        f
+    };
+    let identity = GroupIdentity {
+        group_id: spec.group_id.clone(),
+        model_fingerprint: model_fingerprint(spec.model)?,
+        plan_version: plan.fingerprint(),
+    };
+    let coordinator = Coordinator::new(CoordinatorConfig::new(spec.ranks, identity.clone()))?;
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let coord_addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    rt.spawn(coordinator.serve(listener, async move {
+        let _ = stop_rx.await;
+    }));
+    let arg_lists: Vec<Vec<String>> = (0..spec.ranks)
+        .map(|r| {
+            let mut v = vec![
+                "--model".into(),
+                spec.model.display().to_string(),
+                "--coordinator".into(),
+                format!("http://{coord_addr}"),
+                "--plan".into(),
+                plan_file.path().display().to_string(),
+                "--rank".into(),
+                r.to_string(),
+                "--group-id".into(),
+                identity.group_id.clone(),
+                "--peer-timeout-ms".into(),
+                spec.peer_timeout_ms.to_string(),
+            ];
+            v.extend(spec.extra_args.iter().cloned());
+            v
+        })
+        .collect();
+    let workers = spawn_workers(arg_lists, Duration::from_secs(300))?;
+    Ok(LocalGroup {
+        workers,
+        _plan_file: plan_file,
+        stop: Some(stop_tx),
+    })
 }
 
 /// Parses `MOEFLOW_WORKER_READY rank=R control=ADDR`.

@@ -3,34 +3,20 @@
 //! a killed worker makes the step fail with a terminal error instead of a hang, and a worker
 //! with another plan is refused.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
-use candle_core::{DType, Device};
 use moeflow_comm::bootstrap::{Coordinator, CoordinatorConfig};
 use moeflow_comm::GroupIdentity;
 use moeflow_placement::{PlacementPlan, PlanTarget, PLAN_FORMAT};
 use moeflow_proto::v1 as pb;
 use moeflow_router::WorkerGroup;
-use moeflow_worker::config::{model_fingerprint, ModelConfig};
-use moeflow_worker::model::{ForwardCtx, LoadOptions, LogitsMode, SeqInput, Transformer};
-use moeflow_worker::moe::LocalDispatch;
+use moeflow_worker::config::model_fingerprint;
 
-const BIN: &str = env!("CARGO_BIN_EXE_moeflow");
+mod common;
 
-fn golden(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../worker/tests/golden").join(name)
-}
-
-fn target(dir: &Path) -> PlanTarget {
-    let s = ModelConfig::from_dir(dir).expect("config").shape();
-    PlanTarget {
-        num_experts: s.num_experts,
-        moe_layers: s.moe_layers,
-    }
-}
+use common::{golden, reference_logits, spawn_worker, target, Worker, BIN};
 
 /// Every expert on two ranks (`e % n` and `(e + 1) % n`), a plan with replicas everywhere.
 fn replicated(t: &PlanTarget, n: usize) -> PlacementPlan {
@@ -48,7 +34,11 @@ fn replicated(t: &PlanTarget, n: usize) -> PlacementPlan {
         format: PLAN_FORMAT.into(),
         num_ranks: n,
         num_experts: t.num_experts,
-        layers: t.moe_layers.iter().map(|l| (l.to_string(), lists.clone())).collect(),
+        layers: t
+            .moe_layers
+            .iter()
+            .map(|l| (l.to_string(), lists.clone()))
+            .collect(),
         slots_per_rank: None,
         model: None,
         algorithm: Some("test-replicated".into()),
@@ -58,44 +48,6 @@ fn replicated(t: &PlanTarget, n: usize) -> PlacementPlan {
 
 const PROMPTS: [&str; 3] = ["1,2,3,4,5,6,7", "40,41,42", "100,200,300,400,500"];
 const MAX_TOKENS: usize = 4;
-
-/// Greedy logits of every step, single process.
-fn reference(dir: &Path, prompt: &[u32]) -> Vec<Vec<f32>> {
-    let model = Transformer::load(
-        dir,
-        LoadOptions {
-            dtype: DType::F32,
-            device: &Device::Cpu,
-            experts: None,
-        },
-    )
-    .expect("load");
-    let mut kv = model.kv_cache(16, 16);
-    let mut out = Vec::new();
-    let mut input = SeqInput {
-        seq: 0,
-        tokens: prompt.to_vec(),
-        start: 0,
-        prompt: true,
-    };
-    for _ in 0..MAX_TOKENS {
-        let mut ctx = ForwardCtx {
-            dispatch: &mut LocalDispatch,
-            observer: None,
-        };
-        let l = model.forward(std::slice::from_ref(&input), &mut kv, &mut ctx, LogitsMode::LastPerSeq).expect("forward");
-        let row = l.flatten_all().expect("flat").to_vec1::<f32>().expect("vec");
-        let next = moeflow_worker::sampling::argmax(&row) as u32;
-        out.push(row);
-        input = SeqInput {
-            seq: 0,
-            start: input.start + input.tokens.len(),
-            tokens: vec![next],
-            prompt: false,
-        };
-    }
-    out
-}
 
 fn run_group(dir: &Path, ranks: usize, plan: Option<&PlacementPlan>) -> Vec<serde_json::Value> {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -117,8 +69,15 @@ fn run_group(dir: &Path, ranks: usize, plan: Option<&PlacementPlan>) -> Vec<serd
         std::fs::write(&path, plan.to_json_pretty()).expect("write plan");
         cmd.arg("--plan").arg(path);
     }
-    let out = cmd.env("MOEFLOW_LOG", "warn").output().expect("run moeflow group");
-    assert!(out.status.success(), "moeflow group failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .env("MOEFLOW_LOG", "warn")
+        .output()
+        .expect("run moeflow group");
+    assert!(
+        out.status.success(),
+        "moeflow group failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.starts_with('{'))
@@ -131,12 +90,20 @@ fn compare(dir: &Path, ranks: usize, plan: Option<&PlacementPlan>) {
     assert_eq!(lines.len(), PROMPTS.len());
     for (line, prompt) in lines.iter().zip(PROMPTS) {
         let ids: Vec<u32> = prompt.split(',').map(|s| s.parse().unwrap()).collect();
-        let want = reference(dir, &ids);
+        let want = reference_logits(dir, &ids, MAX_TOKENS);
         let got: Vec<Vec<f32>> = serde_json::from_value(line["logits"].clone()).expect("logits");
         assert_eq!(got.len(), want.len());
         for (step, (a, b)) in want.iter().zip(&got).enumerate() {
-            let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-            assert!(d < 1e-5, "{} on {ranks} ranks, prompt {prompt} step {step}: logits differ by {d}", dir.display());
+            let d = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                d < 1e-5,
+                "{} on {ranks} ranks, prompt {prompt} step {step}: logits differ by {d}",
+                dir.display()
+            );
         }
     }
 }
@@ -151,44 +118,6 @@ fn distributed_logits_equal_single_process() {
         compare(&dir, 3, Some(&replicated(&t, 3)));
         compare(&dir, 4, Some(&replicated(&t, 4)));
     }
-}
-
-struct Worker {
-    child: Child,
-    control: String,
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_worker(dir: &Path, coordinator: &str, plan: &Path, rank: usize, group: &str) -> Worker {
-    let mut child = Command::new(BIN)
-        .args(["worker", "--coordinator", coordinator, "--rank", &rank.to_string(), "--group-id", group, "--peer-timeout-ms", "1500"])
-        .arg("--model")
-        .arg(dir)
-        .arg("--plan")
-        .arg(plan)
-        .env("MOEFLOW_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn worker");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let control = loop {
-        match lines.next() {
-            Some(Ok(l)) if l.starts_with("MOEFLOW_WORKER_READY") => {
-                break l.split("control=").nth(1).expect("control addr").trim().to_string();
-            }
-            Some(Ok(_)) => continue,
-            _ => panic!("worker {rank} exited before it was ready"),
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Worker { child, control }
 }
 
 fn chunk(seq: u64, tokens: Vec<u32>, start: u32, prompt: bool) -> pb::SeqChunk {
@@ -222,7 +151,9 @@ fn killed_worker_fails_the_step_instead_of_hanging() {
     };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let coordinator = Coordinator::new(CoordinatorConfig::new(3, identity)).expect("coordinator");
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     rt.spawn(coordinator.serve(listener, std::future::pending()));
     let workers: Vec<Worker> = {
@@ -232,15 +163,29 @@ fn killed_worker_fails_the_step_instead_of_hanging() {
                 std::thread::spawn(move || spawn_worker(&dir, &url, &plan_path, r, "kill-test"))
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("spawn thread")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("spawn thread"))
+            .collect()
     };
     let mut workers = workers;
     rt.block_on(async {
-        let group = WorkerGroup::connect(workers.iter().map(|w| w.control.clone()).collect(), Duration::from_secs(60))
-            .await
-            .expect("connect");
+        let group = WorkerGroup::connect(
+            workers.iter().map(|w| w.control.clone()).collect(),
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("connect");
         let first = group
-            .step(0, vec![vec![chunk(1, vec![1, 2, 3], 0, true)], vec![chunk(2, vec![4, 5], 0, true)], vec![]], false)
+            .step(
+                0,
+                vec![
+                    vec![chunk(1, vec![1, 2, 3], 0, true)],
+                    vec![chunk(2, vec![4, 5], 0, true)],
+                    vec![],
+                ],
+                false,
+            )
             .await
             .expect("healthy step");
         assert_eq!(first.len(), 3);
@@ -250,7 +195,15 @@ fn killed_worker_fails_the_step_instead_of_hanging() {
         let _ = workers[2].child.wait();
         let second = tokio::time::timeout(
             Duration::from_secs(60),
-            group.step(1, vec![vec![chunk(1, vec![9], 3, false)], vec![chunk(2, vec![9], 2, false)], vec![]], false),
+            group.step(
+                1,
+                vec![
+                    vec![chunk(1, vec![9], 3, false)],
+                    vec![chunk(2, vec![9], 2, false)],
+                    vec![],
+                ],
+                false,
+            ),
         )
         .await
         .expect("the step must not hang");
@@ -283,7 +236,9 @@ fn frozen_worker_mid_step_fails_the_step() {
     };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let coordinator = Coordinator::new(CoordinatorConfig::new(3, identity)).expect("coordinator");
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     rt.spawn(coordinator.serve(listener, std::future::pending()));
     let handles: Vec<_> = (0..3)
@@ -292,25 +247,45 @@ fn frozen_worker_mid_step_fails_the_step() {
             std::thread::spawn(move || spawn_worker(&dir, &url, &plan_path, r, "freeze-test"))
         })
         .collect();
-    let workers: Vec<Worker> = handles.into_iter().map(|h| h.join().expect("spawn thread")).collect();
+    let workers: Vec<Worker> = handles
+        .into_iter()
+        .map(|h| h.join().expect("spawn thread"))
+        .collect();
     rt.block_on(async {
-        let group = WorkerGroup::connect(workers.iter().map(|w| w.control.clone()).collect(), Duration::from_secs(600))
-            .await
-            .expect("connect");
+        let group = WorkerGroup::connect(
+            workers.iter().map(|w| w.control.clone()).collect(),
+            Duration::from_secs(600),
+        )
+        .await
+        .expect("connect");
         // Freeze rank 1 (it keeps its sockets open but stops answering and heartbeating); the
         // other ranks reach the MoE all-to-all, lose it after the peer timeout and fail the
         // step, long before the 600 s step timeout.
         let pid = workers[1].child.id().to_string();
-        let stopped = Command::new("kill").args(["-STOP", &pid]).status().expect("kill -STOP");
+        let stopped = Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .expect("kill -STOP");
         assert!(stopped.success());
         let r = tokio::time::timeout(
             Duration::from_secs(120),
-            group.step(0, vec![vec![chunk(1, (1..40).collect(), 0, true)], vec![chunk(2, vec![4, 5], 0, true)], vec![chunk(3, vec![7], 0, true)]], false),
+            group.step(
+                0,
+                vec![
+                    vec![chunk(1, (1..40).collect(), 0, true)],
+                    vec![chunk(2, vec![4, 5], 0, true)],
+                    vec![chunk(3, vec![7], 0, true)],
+                ],
+                false,
+            ),
         )
         .await
         .expect("the step must not hang");
         let err = r.expect_err("a step with a frozen rank must fail");
-        assert!(!matches!(err, moeflow_router::GroupError::Timeout { .. }), "failed by peer loss, not the step timeout: {err}");
+        assert!(
+            !matches!(err, moeflow_router::GroupError::Timeout { .. }),
+            "failed by peer loss, not the step timeout: {err}"
+        );
         let _ = Command::new("kill").args(["-CONT", &pid]).status();
     });
     drop(workers);
@@ -332,7 +307,9 @@ fn worker_with_another_plan_is_refused() {
     };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let coordinator = Coordinator::new(CoordinatorConfig::new(2, identity)).expect("coordinator");
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     rt.spawn(coordinator.serve(listener, std::future::pending()));
     let out = Command::new(BIN)
@@ -346,5 +323,8 @@ fn worker_with_another_plan_is_refused() {
         .expect("run worker");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("plan"), "the refusal should name the plan: {err}");
+    assert!(
+        err.contains("plan"),
+        "the refusal should name the plan: {err}"
+    );
 }

@@ -9,15 +9,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use moeflow_comm::bootstrap::{Coordinator, CoordinatorConfig};
-use moeflow_comm::GroupIdentity;
-use moeflow_placement::{PlacementPlan, PlanTarget};
 use moeflow_proto::v1 as pb;
 use moeflow_router::WorkerGroup;
-use moeflow_worker::config::{model_fingerprint, ModelConfig};
 use moeflow_worker::tokenizer::Tokenizer;
 
-use crate::launch::{reap, spawn_workers, LocalWorker};
+use crate::launch::{start_local_group, GroupSpec};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -79,25 +75,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.ranks == 0 {
         bail!("--ranks must be at least 1");
     }
-    let config = ModelConfig::from_dir(&args.model)?;
-    let shape = config.shape();
-    let target = PlanTarget {
-        num_experts: shape.num_experts,
-        moe_layers: shape.moe_layers.clone(),
-    };
-    let plan = match &args.plan {
-        Some(p) => PlacementPlan::from_file(p).with_context(|| format!("plan {}", p.display()))?,
-        None => PlacementPlan::contiguous(&target, args.ranks)?,
-    };
-    plan.check_target(&target)
-        .context("the placement plan does not fit the model")?;
-    if plan.num_ranks != args.ranks {
-        bail!(
-            "--ranks is {} but the plan has {} ranks",
-            args.ranks,
-            plan.num_ranks
-        );
-    }
     let tokenizer = if args.model.join("tokenizer.json").exists() {
         Some(Tokenizer::from_dir(&args.model)?)
     } else {
@@ -125,52 +102,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (Some(t), false) => t.eos_token_ids().to_vec(),
         _ => Vec::new(),
     };
-    let plan_file = tempfile_plan(&plan)?;
-    let identity = GroupIdentity {
-        group_id: format!("group-{}", std::process::id()),
-        model_fingerprint: model_fingerprint(&args.model)?,
-        plan_version: plan.fingerprint(),
-    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let coordinator = Coordinator::new(CoordinatorConfig::new(args.ranks, identity.clone()))?;
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let coord_addr = listener.local_addr()?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    rt.spawn(coordinator.serve(listener, async move {
-        let _ = stop_rx.await;
-    }));
     let extra: Vec<String> = args
         .worker_args
         .split_whitespace()
         .map(str::to_string)
         .collect();
-    let arg_lists: Vec<Vec<String>> = (0..args.ranks)
-        .map(|r| {
-            let mut v = vec![
-                "--model".into(),
-                args.model.display().to_string(),
-                "--coordinator".into(),
-                format!("http://{coord_addr}"),
-                "--plan".into(),
-                plan_file.path().display().to_string(),
-                "--rank".into(),
-                r.to_string(),
-                "--group-id".into(),
-                identity.group_id.clone(),
-                "--peer-timeout-ms".into(),
-                args.peer_timeout_ms.to_string(),
-            ];
-            v.extend(extra.iter().cloned());
-            v
-        })
-        .collect();
-    let mut workers = spawn_workers(arg_lists, Duration::from_secs(300))?;
-    let result = rt.block_on(drive(&args, &workers, prompts, &stop));
-    let _ = stop_tx.send(());
-    reap(&mut workers, Duration::from_secs(5));
+    let mut group = start_local_group(
+        &rt,
+        GroupSpec {
+            model: &args.model,
+            ranks: args.ranks,
+            plan: args.plan.as_deref(),
+            group_id: format!("group-{}", std::process::id()),
+            peer_timeout_ms: args.peer_timeout_ms,
+            extra_args: extra,
+        },
+    )?;
+    let result = rt.block_on(drive(&args, &group.controls(), prompts, &stop));
+    group.stop(Duration::from_secs(5));
     let (seqs, stats) = result?;
     for s in &seqs {
         let text = match &tokenizer {
@@ -200,15 +153,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 async fn drive(
     args: &Args,
-    workers: &[LocalWorker],
+    controls: &[String],
     prompts: Vec<Vec<u32>>,
     stop: &[u32],
 ) -> anyhow::Result<(Vec<Seq>, Vec<String>)> {
-    let group = WorkerGroup::connect(
-        workers.iter().map(|w| w.control.clone()).collect(),
-        Duration::from_secs(args.step_timeout_s),
-    )
-    .await?;
+    let group =
+        WorkerGroup::connect(controls.to_vec(), Duration::from_secs(args.step_timeout_s)).await?;
     let n = args.ranks;
     let mut seqs: Vec<Seq> = prompts
         .into_iter()
@@ -287,16 +237,4 @@ async fn drive(
     }
     group.shutdown().await;
     Ok((seqs, stats))
-}
-
-/// Writes the plan where the workers can read it; removed when the handle drops.
-fn tempfile_plan(plan: &PlacementPlan) -> anyhow::Result<tempfile::NamedTempFile> {
-    use std::io::Write;
-    let mut f = tempfile::Builder::new()
-        .prefix("moeflow-plan-")
-        .suffix(".json")
-        .tempfile()?;
-    f.write_all(plan.to_json_pretty().as_bytes())?;
-    f.flush()?;
-    Ok(f)
 }

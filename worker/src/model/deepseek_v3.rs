@@ -66,7 +66,12 @@ pub(crate) fn load(
                 c.kv_lora_rank + c.qk_rope_head_dim,
                 h,
             )?,
-            kv_a_norm: RmsNorm::load(ws, &format!("{a}.kv_a_layernorm"), c.kv_lora_rank, LORA_NORM_EPS)?,
+            kv_a_norm: RmsNorm::load(
+                ws,
+                &format!("{a}.kv_a_layernorm"),
+                c.kv_lora_rank,
+                LORA_NORM_EPS,
+            )?,
             kv_b: Linear::load(
                 ws,
                 &format!("{a}.kv_b_proj"),

@@ -1,0 +1,221 @@
+//! The router's scheduler: admission with a bounded queue, continuous batching over a worker
+//! group, and the [`Backend`] the front ends talk to.
+//!
+//! One task owns all scheduling state. Every iteration it takes new requests and aborts,
+//! drops cancelled sequences (their receivers were dropped), admits waiting requests to the
+//! least-loaded rank while the rank's KV budget allows, builds one step (decode tokens of every
+//! running sequence plus prompt chunks up to the prefill token budget), runs it on the group
+//! and streams the sampled tokens. Requests join and leave between steps.
+//!
+//! Failure is terminal and prompt: when a step fails (a rank died, its peers lost it), every
+//! sequence in the group gets an error event and the group is marked unhealthy; new requests
+//! are refused as unavailable.
+
+mod state;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::api::{
+    Backend, ComponentHealth, GenerateRequest, ModelInfo, RankLoad, SubmitError, TokenEvent,
+};
+use crate::group::WorkerGroup;
+use state::SchedState;
+
+/// Budgets and limits of the scheduler.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Requests waiting for admission beyond this are refused at once (HTTP 429).
+    pub max_waiting: usize,
+    /// Prompt tokens per step over the whole group (chunked prefill beyond it).
+    pub prefill_token_budget: usize,
+    /// Running sequences per rank (each decodes one token per step).
+    pub max_running_per_rank: usize,
+    /// KV capacity of each rank in blocks, and tokens per block (as the workers run).
+    pub kv_blocks_per_rank: usize,
+    pub block_size: usize,
+    /// Name of the group in health reports and metrics.
+    pub group_name: String,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            max_waiting: 256,
+            prefill_token_budget: 2048,
+            max_running_per_rank: 64,
+            kv_blocks_per_rank: 8192,
+            block_size: 16,
+            group_name: "decode".into(),
+        }
+    }
+}
+
+pub(crate) enum Command {
+    Submit(GenerateRequest, mpsc::Sender<TokenEvent>),
+    Abort(String, oneshot::Sender<bool>),
+    Loads(oneshot::Sender<Vec<RankLoad>>),
+    Drain(oneshot::Sender<()>),
+}
+
+/// Shared flags the front ends read without a round trip to the scheduler task.
+pub(crate) struct Shared {
+    pub waiting: AtomicUsize,
+    pub healthy: AtomicBool,
+    pub draining: AtomicBool,
+    pub detail: Mutex<String>,
+}
+
+/// The router's [`Backend`] over one worker group (aggregated mode: the group prefills and
+/// decodes).
+pub struct Scheduler {
+    tx: mpsc::UnboundedSender<Command>,
+    shared: Arc<Shared>,
+    cfg: SchedulerConfig,
+    info: ModelInfo,
+}
+
+impl Scheduler {
+    /// Starts the scheduling task on the current tokio runtime.
+    pub fn start(group: WorkerGroup, cfg: SchedulerConfig, info: ModelInfo) -> Arc<Self> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            waiting: AtomicUsize::new(0),
+            healthy: AtomicBool::new(true),
+            draining: AtomicBool::new(false),
+            detail: Mutex::new(String::new()),
+        });
+        let state = SchedState::new(
+            group,
+            cfg.clone(),
+            info.max_context as usize,
+            shared.clone(),
+        );
+        tokio::spawn(state.run(rx));
+        Arc::new(Self {
+            tx,
+            shared,
+            cfg,
+            info,
+        })
+    }
+
+    /// Stops admitting and waits until every accepted request has finished.
+    pub async fn drain(&self, timeout: Duration) {
+        self.shared.draining.store(true, Ordering::SeqCst);
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Drain(tx)).is_ok() {
+            let _ = tokio::time::timeout(timeout, rx).await;
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Backend for Scheduler {
+    async fn submit(
+        &self,
+        req: GenerateRequest,
+    ) -> Result<mpsc::Receiver<TokenEvent>, SubmitError> {
+        if self.shared.draining.load(Ordering::SeqCst) {
+            return Err(SubmitError::ShuttingDown);
+        }
+        if !self.shared.healthy.load(Ordering::SeqCst) {
+            let d = self
+                .shared
+                .detail
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            return Err(SubmitError::Unavailable(format!(
+                "group {} is down: {d}",
+                self.cfg.group_name
+            )));
+        }
+        if req.prompt.is_empty() {
+            return Err(SubmitError::Invalid("prompt: must not be empty".into()));
+        }
+        if req.max_tokens == 0 {
+            return Err(SubmitError::Invalid(
+                "max_tokens: must be at least 1".into(),
+            ));
+        }
+        let total = req.prompt.len() + req.max_tokens as usize;
+        if total > self.info.max_context as usize {
+            return Err(SubmitError::Invalid(format!(
+                "max_tokens: prompt ({} tokens) + max_tokens ({}) exceeds the context of {} tokens",
+                req.prompt.len(),
+                req.max_tokens,
+                self.info.max_context
+            )));
+        }
+        let need_blocks = total.div_ceil(self.cfg.block_size);
+        if need_blocks > self.cfg.kv_blocks_per_rank {
+            return Err(SubmitError::Invalid(format!(
+                "max_tokens: the request needs {need_blocks} KV blocks, a rank has {}",
+                self.cfg.kv_blocks_per_rank
+            )));
+        }
+        // Reserve a queue slot first so concurrent submits cannot overshoot the bound.
+        let prev = self.shared.waiting.fetch_add(1, Ordering::SeqCst);
+        if prev >= self.cfg.max_waiting {
+            self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(SubmitError::Overloaded(format!(
+                "{prev} requests waiting (limit {})",
+                self.cfg.max_waiting
+            )));
+        }
+        let cap = (req.max_tokens as usize).saturating_add(2).min(1 << 16);
+        let (tx, rx) = mpsc::channel(cap);
+        if self.tx.send(Command::Submit(req, tx)).is_err() {
+            self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(SubmitError::Unavailable("the scheduler has stopped".into()));
+        }
+        Ok(rx)
+    }
+
+    async fn abort(&self, request_id: &str) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .tx
+            .send(Command::Abort(request_id.to_string(), tx))
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    fn health(&self) -> Vec<ComponentHealth> {
+        let healthy = self.shared.healthy.load(Ordering::SeqCst);
+        let detail = self
+            .shared
+            .detail
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        vec![ComponentHealth {
+            name: self.cfg.group_name.clone(),
+            healthy,
+            detail,
+        }]
+    }
+
+    async fn loads(&self) -> Vec<RankLoad> {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Loads(tx)).is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    fn model_info(&self) -> ModelInfo {
+        self.info.clone()
+    }
+}
+
+/// Per-request bookkeeping kept by id for aborts.
+pub(crate) type ById = HashMap<String, u64>;

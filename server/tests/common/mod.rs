@@ -1,0 +1,191 @@
+//! Helpers shared by the process-level tests: golden checkpoints, local coordinators and
+//! `moeflow worker` processes.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use candle_core::{DType, Device};
+use moeflow_comm::bootstrap::{Coordinator, CoordinatorConfig};
+use moeflow_comm::GroupIdentity;
+use moeflow_placement::{PlacementPlan, PlanTarget};
+use moeflow_worker::config::{model_fingerprint, ModelConfig};
+use moeflow_worker::model::{ForwardCtx, LoadOptions, LogitsMode, SeqInput, Transformer};
+use moeflow_worker::moe::LocalDispatch;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_moeflow");
+
+pub fn golden(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../worker/tests/golden")
+        .join(name)
+}
+
+pub fn target(dir: &Path) -> PlanTarget {
+    let s = ModelConfig::from_dir(dir).expect("config").shape();
+    PlanTarget {
+        num_experts: s.num_experts,
+        moe_layers: s.moe_layers,
+    }
+}
+
+/// A worker process, killed when dropped.
+pub struct Worker {
+    pub child: Child,
+    pub control: String,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn spawn_worker(
+    dir: &Path,
+    coordinator: &str,
+    plan: &Path,
+    rank: usize,
+    group: &str,
+) -> Worker {
+    let mut child = Command::new(BIN)
+        .args([
+            "worker",
+            "--coordinator",
+            coordinator,
+            "--rank",
+            &rank.to_string(),
+            "--group-id",
+            group,
+            "--peer-timeout-ms",
+            "1500",
+        ])
+        .arg("--model")
+        .arg(dir)
+        .arg("--plan")
+        .arg(plan)
+        .env("MOEFLOW_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn worker");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let control = loop {
+        match lines.next() {
+            Some(Ok(l)) if l.starts_with("MOEFLOW_WORKER_READY") => {
+                break l
+                    .split("control=")
+                    .nth(1)
+                    .expect("control addr")
+                    .trim()
+                    .to_string();
+            }
+            Some(Ok(_)) => continue,
+            _ => panic!("worker {rank} exited before it was ready"),
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Worker { child, control }
+}
+
+/// A coordinator on `rt` plus `ranks` workers of `plan`; the temp dir holds the plan file.
+pub fn start_group(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    plan: &PlacementPlan,
+    group: &str,
+) -> (Vec<Worker>, tempfile::TempDir) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let plan_path = tmp.path().join("plan.json");
+    std::fs::write(&plan_path, plan.to_json_pretty()).expect("write plan");
+    let identity = GroupIdentity {
+        group_id: group.into(),
+        model_fingerprint: model_fingerprint(dir).expect("fingerprint"),
+        plan_version: plan.fingerprint(),
+    };
+    let coordinator =
+        Coordinator::new(CoordinatorConfig::new(plan.num_ranks, identity)).expect("coordinator");
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    rt.spawn(coordinator.serve(listener, std::future::pending()));
+    let handles: Vec<_> = (0..plan.num_ranks)
+        .map(|r| {
+            let (dir, url, plan_path, group) = (
+                dir.to_path_buf(),
+                url.clone(),
+                plan_path.clone(),
+                group.to_string(),
+            );
+            std::thread::spawn(move || spawn_worker(&dir, &url, &plan_path, r, &group))
+        })
+        .collect();
+    (
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("spawn thread"))
+            .collect(),
+        tmp,
+    )
+}
+
+/// Greedy generation in one process: the logits of each of `steps` steps.
+pub fn reference_logits(dir: &Path, prompt: &[u32], steps: usize) -> Vec<Vec<f32>> {
+    let model = Transformer::load(
+        dir,
+        LoadOptions {
+            dtype: DType::F32,
+            device: &Device::Cpu,
+            experts: None,
+        },
+    )
+    .expect("load");
+    let mut kv = model.kv_cache(16, 64);
+    let mut out = Vec::new();
+    let mut input = SeqInput {
+        seq: 0,
+        tokens: prompt.to_vec(),
+        start: 0,
+        prompt: true,
+    };
+    for _ in 0..steps {
+        let mut ctx = ForwardCtx {
+            dispatch: &mut LocalDispatch,
+            observer: None,
+        };
+        let l = model
+            .forward(
+                std::slice::from_ref(&input),
+                &mut kv,
+                &mut ctx,
+                LogitsMode::LastPerSeq,
+            )
+            .expect("forward");
+        let row = l
+            .flatten_all()
+            .expect("flat")
+            .to_vec1::<f32>()
+            .expect("vec");
+        let next = moeflow_worker::sampling::argmax(&row) as u32;
+        out.push(row);
+        input = SeqInput {
+            seq: 0,
+            start: input.start + input.tokens.len(),
+            tokens: vec![next],
+            prompt: false,
+        };
+    }
+    out
+}
+
+/// Greedy token ids of `steps` steps in one process.
+pub fn reference_tokens(dir: &Path, prompt: &[u32], steps: usize) -> Vec<u32> {
+    reference_logits(dir, prompt, steps)
+        .iter()
+        .map(|row| moeflow_worker::sampling::argmax(row) as u32)
+        .collect()
+}

@@ -1,0 +1,223 @@
+//! The router's scheduler over a group of real worker processes: concurrent requests with
+//! chunked prefill produce the single-process greedy tokens, cancellation frees the rank's KV
+//! blocks, the queue bound answers at once, and a killed worker ends every affected request
+//! with a terminal error.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{golden, reference_tokens, start_group, target};
+use moeflow_placement::PlacementPlan;
+use moeflow_router::api::{
+    Backend, FinishReason, GenerateRequest, ModelInfo, Sampling, SubmitError, TokenEvent,
+};
+use moeflow_router::{Scheduler, SchedulerConfig, WorkerGroup};
+
+fn info() -> ModelInfo {
+    ModelInfo {
+        id: "test".into(),
+        architecture: "qwen3_moe".into(),
+        max_context: 256,
+        vocab_size: 512,
+        num_experts: 8,
+        experts_per_token: 2,
+    }
+}
+
+fn greedy(id: &str, prompt: Vec<u32>, max_tokens: u32) -> GenerateRequest {
+    GenerateRequest {
+        request_id: id.into(),
+        prompt,
+        sampling: Sampling {
+            temperature: 0.0,
+            ..Sampling::default()
+        },
+        max_tokens,
+        stop_token_ids: Vec::new(),
+        workload: None,
+    }
+}
+
+/// Collects a stream to its end (bounded by a hang guard).
+async fn collect(
+    mut rx: tokio::sync::mpsc::Receiver<TokenEvent>,
+) -> (Vec<u32>, Option<TokenEvent>) {
+    let mut tokens = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(120), rx.recv())
+            .await
+            .expect("stream must not hang")
+        {
+            Some(TokenEvent::Token { id, .. }) => tokens.push(id),
+            Some(end) => return (tokens, Some(end)),
+            None => return (tokens, None),
+        }
+    }
+}
+
+#[test]
+fn concurrent_requests_match_single_process_and_cancellation_frees_kv() {
+    let dir = golden("qwen3_moe");
+    let plan = PlacementPlan::contiguous(&target(&dir), 2).expect("plan");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (workers, _tmp) = start_group(&rt, &dir, &plan, "sched-test");
+    rt.block_on(async {
+        let group = WorkerGroup::connect(
+            workers.iter().map(|w| w.control.clone()).collect(),
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("connect");
+        let cfg = SchedulerConfig {
+            prefill_token_budget: 7, // forces chunked prefill across steps
+            max_running_per_rank: 3, // forces queueing
+            kv_blocks_per_rank: 64,
+            ..SchedulerConfig::default()
+        };
+        let sched = Scheduler::start(group.clone(), cfg, info());
+        let prompts: Vec<Vec<u32>> = (0..6u32)
+            .map(|i| {
+                (0..(4 + 3 * i))
+                    .map(|j| (j * 13 + i * 7 + 1) % 500)
+                    .collect()
+            })
+            .collect();
+        let mut streams = Vec::new();
+        for (i, p) in prompts.iter().enumerate() {
+            streams.push(
+                sched
+                    .submit(greedy(&format!("r{i}"), p.clone(), 5))
+                    .await
+                    .expect("submit"),
+            );
+        }
+        let mut results = Vec::new();
+        for s in streams {
+            results.push(collect(s).await);
+        }
+        for ((tokens, end), p) in results.iter().zip(&prompts) {
+            assert_eq!(tokens, &reference_tokens(&dir, p, 5), "prompt {p:?}");
+            assert!(
+                matches!(
+                    end,
+                    Some(TokenEvent::Finished {
+                        reason: FinishReason::Length,
+                        ..
+                    })
+                ),
+                "{end:?}"
+            );
+        }
+
+        // Cancellation: drop the receiver after two tokens; the rank frees the sequence.
+        let mut rx = sched
+            .submit(greedy("cancel-me", vec![5, 6, 7], 100))
+            .await
+            .expect("submit");
+        for _ in 0..2 {
+            assert!(matches!(rx.recv().await, Some(TokenEvent::Token { .. })));
+        }
+        drop(rx);
+        // Another request drives the loop past the cancellation.
+        let (_t, end) = collect(
+            sched
+                .submit(greedy("after", vec![9, 9], 3))
+                .await
+                .expect("submit"),
+        )
+        .await;
+        assert!(matches!(end, Some(TokenEvent::Finished { .. })));
+        let mut freed = false;
+        for _ in 0..100 {
+            let st = group.status().await;
+            if st.iter().all(|s| {
+                s.as_ref()
+                    .map(|s| s.running_sequences == 0)
+                    .unwrap_or(false)
+            }) {
+                freed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(freed, "cancelled sequence still holds KV blocks");
+        let loads = sched.loads().await;
+        assert!(
+            loads
+                .iter()
+                .all(|l| l.running_sequences == 0 && l.kv_usage == 0.0),
+            "{loads:?}"
+        );
+
+        // Invalid requests are refused before they are queued.
+        let too_long = sched.submit(greedy("long", vec![1; 250], 10)).await;
+        assert!(matches!(too_long, Err(SubmitError::Invalid(ref m)) if m.contains("max_tokens")));
+    });
+    drop(workers);
+}
+
+#[test]
+fn queue_bound_answers_at_once() {
+    let dir = golden("qwen3_moe");
+    let plan = PlacementPlan::contiguous(&target(&dir), 1).expect("plan");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (workers, _tmp) = start_group(&rt, &dir, &plan, "queue-test");
+    rt.block_on(async {
+        let group = WorkerGroup::connect(
+            workers.iter().map(|w| w.control.clone()).collect(),
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("connect");
+        let sched = Scheduler::start(
+            group,
+            SchedulerConfig {
+                max_waiting: 0,
+                ..SchedulerConfig::default()
+            },
+            info(),
+        );
+        let r = sched.submit(greedy("x", vec![1, 2], 2)).await;
+        assert!(matches!(r, Err(SubmitError::Overloaded(_))));
+    });
+    drop(workers);
+}
+
+#[test]
+fn killed_worker_ends_streams_with_terminal_error() {
+    let dir = golden("llama4");
+    let plan = PlacementPlan::contiguous(&target(&dir), 2).expect("plan");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (mut workers, _tmp) = start_group(&rt, &dir, &plan, "kill-sched");
+    rt.block_on(async {
+        let group = WorkerGroup::connect(
+            workers.iter().map(|w| w.control.clone()).collect(),
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("connect");
+        let sched = Scheduler::start(group, SchedulerConfig::default(), info());
+        let mut a = sched
+            .submit(greedy("a", vec![1, 2, 3], 200))
+            .await
+            .expect("submit");
+        let b = sched
+            .submit(greedy("b", vec![4, 5], 200))
+            .await
+            .expect("submit");
+        assert!(matches!(a.recv().await, Some(TokenEvent::Token { .. })));
+        let _ = workers[1].child.kill();
+        let _ = workers[1].child.wait();
+        let (_, end_a) = collect(a).await;
+        let (_, end_b) = collect(b).await;
+        assert!(matches!(end_a, Some(TokenEvent::Error { .. })), "{end_a:?}");
+        assert!(matches!(end_b, Some(TokenEvent::Error { .. })), "{end_b:?}");
+        assert!(!sched.health()[0].healthy);
+        assert!(matches!(
+            sched.submit(greedy("c", vec![1], 2)).await,
+            Err(SubmitError::Unavailable(_))
+        ));
+    });
+    drop(workers);
+}
