@@ -19,6 +19,11 @@
 //! copies the results back. Completion is polled against the operation timeout; on timeout the
 //! NCCL communicator is aborted and the error is terminal. NCCL's own set-up (communicator
 //! creation, the first connection between two ranks) blocks until the peers take part.
+//!
+//! Point-to-point messages are a (tag, length) header and the payload, one NCCL send each,
+//! matched by tag on the receiving side (out-of-order tags are stashed). An NCCL send
+//! completes only when the receiver posts the matching receive, so two ranks must not send to
+//! each other at the same moment unless one of them receives first.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::raw::c_char;

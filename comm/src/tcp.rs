@@ -1,9 +1,9 @@
 //! TCP backend, the default on CPUs: one persistent connection per pair of ranks, established
 //! once when the group forms, across hosts (addresses are "host:port"). Frames are
-//! length-prefixed ([`frame`]), every connection starts with an identity handshake
-//! ([`handshake`]), a reader thread per peer drains incoming frames into the mailbox
-//! ([`reader`]) and a heartbeat thread per peer keeps an idle connection provably alive
-//! ([`link`]). A peer that closes, fails or stays silent for `peer_timeout` is lost, and every
+//! length-prefixed (`frame.rs`), every connection starts with an identity handshake
+//! (`handshake.rs`), a reader thread per peer drains incoming frames into the mailbox
+//! (`reader.rs`) and a heartbeat thread per peer keeps an idle connection provably alive
+//! (`link.rs`). A peer that closes, fails or stays silent for `peer_timeout` is lost, and every
 //! operation waiting on it fails at once.
 
 mod config;

@@ -170,10 +170,7 @@ fn inproc_dropped_peer_fails_the_others() {
     let mut comms = InProcComm::group(3);
     drop(comms.pop());
     for r in on_all(&mut comms, |c| c.all_to_all_v(vec![vec![1]; 3])) {
-        match r {
-            Err(CommError::PeerLost { peer: 2, .. }) => {}
-            other => panic!("expected rank 2 lost, got {other:?}"),
-        }
+        common::assert_lost(&r, 2);
     }
     // the failed collective aborted the communicators
     for c in &mut comms {

@@ -56,7 +56,11 @@ impl WorkerGroup {
                 .connect_timeout(Duration::from_secs(10))
                 .tcp_nodelay(true);
             let ch = ep.connect().await.map_err(|e| err(e.to_string()))?;
-            clients.push(WorkerClient::new(ch).max_decoding_message_size(256 << 20));
+            clients.push(
+                WorkerClient::new(ch)
+                    .max_decoding_message_size(1 << 30)
+                    .max_encoding_message_size(1 << 30),
+            );
         }
         Ok(Self {
             clients,
@@ -170,6 +174,53 @@ impl WorkerGroup {
             });
         }
         out
+    }
+
+    fn client(&self, rank: usize) -> Result<WorkerClient<Channel>, GroupError> {
+        self.clients.get(rank).cloned().ok_or(GroupError::Shape {
+            got: rank + 1,
+            want: self.clients.len(),
+        })
+    }
+
+    /// Copies a sequence's KV cache and sampler state out of `rank` (freeing it there when
+    /// `release`).
+    pub async fn export_kv(
+        &self,
+        rank: usize,
+        seq_id: u64,
+        release: bool,
+    ) -> Result<pb::KvTransfer, GroupError> {
+        let r = tokio::time::timeout(
+            self.step_timeout,
+            self.client(rank)?
+                .export_kv(pb::ExportKvRequest { seq_id, release }),
+        )
+        .await
+        .map_err(|_| GroupError::Timeout {
+            rank,
+            after: self.step_timeout,
+        })?;
+        r.map(|r| r.into_inner()).map_err(|s| GroupError::Rank {
+            rank,
+            code: s.code(),
+            message: s.message().to_string(),
+        })
+    }
+
+    /// Installs a transferred sequence on `rank`.
+    pub async fn import_kv(&self, rank: usize, t: pb::KvTransfer) -> Result<(), GroupError> {
+        let r = tokio::time::timeout(self.step_timeout, self.client(rank)?.import_kv(t))
+            .await
+            .map_err(|_| GroupError::Timeout {
+                rank,
+                after: self.step_timeout,
+            })?;
+        r.map(|_| ()).map_err(|s| GroupError::Rank {
+            rank,
+            code: s.code(),
+            message: s.message().to_string(),
+        })
     }
 
     /// Asks every rank to stop; ranks that are already gone are ignored.

@@ -221,3 +221,201 @@ fn killed_worker_ends_streams_with_terminal_error() {
     });
     drop(workers);
 }
+
+fn sampled(id: &str, prompt: Vec<u32>, max_tokens: u32, seed: u64) -> GenerateRequest {
+    GenerateRequest {
+        request_id: id.into(),
+        prompt,
+        sampling: Sampling {
+            temperature: 0.9,
+            top_p: 0.95,
+            top_k: 50,
+            seed: Some(seed),
+        },
+        max_tokens,
+        stop_token_ids: Vec::new(),
+        workload: None,
+    }
+}
+
+#[test]
+fn disaggregated_prefill_moves_kv_and_matches_aggregated() {
+    let dir = golden("deepseek_v3");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (pw, _t1) = start_group(
+        &rt,
+        &dir,
+        &PlacementPlan::contiguous(&target(&dir), 2).expect("plan"),
+        "pd-prefill",
+    );
+    let (dw, _t2) = start_group(
+        &rt,
+        &dir,
+        &PlacementPlan::contiguous(&target(&dir), 2).expect("plan"),
+        "pd-decode",
+    );
+    rt.block_on(async {
+        let prefill = WorkerGroup::connect(
+            pw.iter().map(|w| w.control.clone()).collect(),
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("connect prefill");
+        let decode = WorkerGroup::connect(
+            dw.iter().map(|w| w.control.clone()).collect(),
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("connect decode");
+        let pd = Scheduler::start_disaggregated(
+            Some(prefill.clone()),
+            decode.clone(),
+            SchedulerConfig::default(),
+            info(),
+        );
+        let prompts: Vec<Vec<u32>> = (0..4u32)
+            .map(|i| {
+                (0..(6 + 5 * i))
+                    .map(|j| (j * 31 + i * 3 + 2) % 500)
+                    .collect()
+            })
+            .collect();
+        // Greedy through prefill → KV transfer → decode equals single-process generation.
+        let mut streams = Vec::new();
+        for (i, p) in prompts.iter().enumerate() {
+            streams.push(
+                pd.submit(greedy(&format!("g{i}"), p.clone(), 6))
+                    .await
+                    .expect("submit"),
+            );
+        }
+        for (s, p) in streams.into_iter().zip(&prompts) {
+            let (tokens, end) = collect(s).await;
+            assert_eq!(tokens, reference_tokens(&dir, p, 6), "prompt {p:?}");
+            assert!(matches!(
+                end,
+                Some(TokenEvent::Finished {
+                    reason: FinishReason::Length,
+                    ..
+                })
+            ));
+        }
+        // Seeded sampling continues on the decode rank exactly as on one worker.
+        let agg = Scheduler::start(decode.clone(), SchedulerConfig::default(), info());
+        for (i, p) in prompts.iter().enumerate() {
+            let (a, _) = collect(
+                pd.submit(sampled(&format!("s{i}"), p.clone(), 8, 1234 + i as u64))
+                    .await
+                    .expect("submit"),
+            )
+            .await;
+            let (b, _) = collect(
+                agg.submit(sampled(&format!("t{i}"), p.clone(), 8, 1234 + i as u64))
+                    .await
+                    .expect("submit"),
+            )
+            .await;
+            assert_eq!(
+                a, b,
+                "seeded sampling must not depend on where the sequence ran"
+            );
+        }
+        // Everything was released on both groups.
+        for g in [&prefill, &decode] {
+            let mut clean = false;
+            for _ in 0..100 {
+                if g.status().await.iter().all(|s| {
+                    s.as_ref()
+                        .map(|s| s.running_sequences == 0)
+                        .unwrap_or(false)
+                }) {
+                    clean = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(clean, "sequences left on a group after completion");
+        }
+    });
+    drop(pw);
+    drop(dw);
+}
+
+#[test]
+fn dead_prefill_group_fails_its_requests_and_decode_keeps_serving() {
+    let dir = golden("qwen3_moe");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (mut pw, _t1) = start_group(
+        &rt,
+        &dir,
+        &PlacementPlan::contiguous(&target(&dir), 2).expect("plan"),
+        "pdk-prefill",
+    );
+    let (dw, _t2) = start_group(
+        &rt,
+        &dir,
+        &PlacementPlan::contiguous(&target(&dir), 1).expect("plan"),
+        "pdk-decode",
+    );
+    rt.block_on(async {
+        let prefill = WorkerGroup::connect(
+            pw.iter().map(|w| w.control.clone()).collect(),
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("connect prefill");
+        let decode = WorkerGroup::connect(
+            dw.iter().map(|w| w.control.clone()).collect(),
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("connect decode");
+        let sched = Scheduler::start_disaggregated(
+            Some(prefill),
+            decode,
+            SchedulerConfig::default(),
+            info(),
+        );
+        let (t, _) = collect(
+            sched
+                .submit(greedy("warm", vec![1, 2, 3], 2))
+                .await
+                .expect("submit"),
+        )
+        .await;
+        assert_eq!(t.len(), 2);
+        let _ = pw[0].child.kill();
+        let _ = pw[0].child.wait();
+        // The next prompt hits the dead prefill group: a terminal error, not a hang.
+        let (_, end) = collect(
+            sched
+                .submit(greedy("doomed", vec![4, 5, 6], 4))
+                .await
+                .expect("submit"),
+        )
+        .await;
+        assert!(matches!(end, Some(TokenEvent::Error { .. })), "{end:?}");
+        let health = sched.health();
+        assert!(
+            health.iter().any(|c| c.name == "prefill" && !c.healthy),
+            "{health:?}"
+        );
+        assert!(
+            health.iter().any(|c| c.name == "decode" && c.healthy),
+            "{health:?}"
+        );
+        // New requests are still served (prefilled on the decode group).
+        let p = vec![7, 8, 9, 10];
+        let (tokens, end) = collect(
+            sched
+                .submit(greedy("after", p.clone(), 4))
+                .await
+                .expect("submit"),
+        )
+        .await;
+        assert!(matches!(end, Some(TokenEvent::Finished { .. })), "{end:?}");
+        assert_eq!(tokens, reference_tokens(&dir, &p, 4));
+    });
+    drop(pw);
+    drop(dw);
+}

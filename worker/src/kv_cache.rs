@@ -28,6 +28,19 @@ pub enum KvError {
         start: usize,
         cached: usize,
     },
+    #[error("sequence {seq} is already in the KV cache")]
+    Exists { seq: SeqId },
+    #[error("sequence {seq}: malformed KV transfer: {msg}")]
+    BadTransfer { seq: SeqId, msg: String },
+}
+
+/// One sequence's keys and values, layer-major (`[layer][pos][width]`), as moved between
+/// workers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeqKv {
+    pub len: usize,
+    pub keys: Vec<f32>,
+    pub values: Vec<f32>,
 }
 
 /// Sizes of a KV cache.
@@ -266,6 +279,59 @@ impl KvCache {
         }
     }
 
+    /// Copies out every cached token of `seq`, layer by layer, for transfer to another worker
+    /// (prefill → decode). The layout is independent of block ids.
+    pub fn export(&self, seq: SeqId) -> Result<SeqKv, KvError> {
+        let s = self.seqs.get(&seq).ok_or(KvError::UnknownSeq { seq })?;
+        let (kw, vw) = (self.cfg.key_width, self.cfg.value_width);
+        let mut keys = Vec::with_capacity(self.cfg.num_layers * s.len * kw);
+        let mut values = Vec::with_capacity(self.cfg.num_layers * s.len * vw);
+        for layer in 0..self.cfg.num_layers {
+            let view = self.view(layer, seq)?;
+            for pos in 0..s.len {
+                keys.extend_from_slice(view.key(pos));
+                values.extend_from_slice(view.value(pos));
+            }
+        }
+        Ok(SeqKv {
+            len: s.len,
+            keys,
+            values,
+        })
+    }
+
+    /// Installs a transferred sequence (which must not exist here yet). All or nothing.
+    pub fn import(&mut self, seq: SeqId, kv: &SeqKv) -> Result<(), KvError> {
+        let (kw, vw, layers) = (
+            self.cfg.key_width,
+            self.cfg.value_width,
+            self.cfg.num_layers,
+        );
+        if self.contains(seq) {
+            return Err(KvError::Exists { seq });
+        }
+        if kv.keys.len() != layers * kv.len * kw || kv.values.len() != layers * kv.len * vw {
+            return Err(KvError::BadTransfer {
+                seq,
+                msg: format!(
+                    "{} key and {} value floats for {} tokens of {layers} layers (widths {kw}/{vw})",
+                    kv.keys.len(),
+                    kv.values.len(),
+                    kv.len
+                ),
+            });
+        }
+        self.reserve(seq, kv.len)?;
+        for layer in 0..layers {
+            for pos in 0..kv.len {
+                let k = (layer * kv.len + pos) * kw;
+                let v = (layer * kv.len + pos) * vw;
+                self.write(layer, seq, pos, &kv.keys[k..k + kw], &kv.values[v..v + vw])?;
+            }
+        }
+        self.set_len(seq, kv.len)
+    }
+
     /// Drops tokens past `len` from `seq` (a failed step rolls back what it reserved).
     pub fn truncate(&mut self, seq: SeqId, len: usize) {
         let need = self.blocks_for(len);
@@ -328,6 +394,34 @@ mod tests {
         ));
         assert!(!c.contains(2));
         assert_eq!(c.used_blocks(), 1);
+    }
+
+    #[test]
+    fn export_import_round_trips_across_caches() {
+        let mut a = cache(4);
+        a.reserve(3, 5).unwrap();
+        for layer in 0..2 {
+            for pos in 0..5 {
+                let k = [(layer * 10 + pos) as f32; 3];
+                let v = [-((layer * 10 + pos) as f32); 2];
+                a.write(layer, 3, pos, &k, &v).unwrap();
+            }
+        }
+        a.set_len(3, 5).unwrap();
+        let kv = a.export(3).unwrap();
+        let mut b = cache(4);
+        b.reserve(99, 4).unwrap(); // other block ids in use on the receiver
+        b.import(3, &kv).unwrap();
+        assert_eq!(b.seq_len(3), Some(5));
+        assert_eq!(b.view(1, 3).unwrap().key(4), &[14.0; 3]);
+        assert_eq!(b.export(3).unwrap(), kv);
+        assert!(matches!(b.import(3, &kv), Err(KvError::Exists { .. })));
+        let mut bad = kv.clone();
+        bad.keys.pop();
+        assert!(matches!(
+            cache(4).import(1, &bad),
+            Err(KvError::BadTransfer { .. })
+        ));
     }
 
     #[test]

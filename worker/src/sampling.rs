@@ -61,7 +61,10 @@ pub struct Sample {
 #[derive(Debug, Clone)]
 pub struct Sampler {
     params: SamplingParams,
+    seed: u64,
     rng: ChaCha8Rng,
+    /// Random draws taken so far; with the seed, the whole state (for moving a sequence).
+    draws: u64,
 }
 
 impl Sampler {
@@ -69,8 +72,30 @@ impl Sampler {
         let seed = params.seed.unwrap_or_else(|| rand::rng().random());
         Self {
             params,
+            seed,
             rng: ChaCha8Rng::seed_from_u64(seed),
+            draws: 0,
         }
+    }
+
+    /// The sampler of a sequence that moved from another worker: same seed, `draws` draws
+    /// already taken, so the continuation is what the original worker would have sampled.
+    pub fn resume(params: SamplingParams, seed: u64, draws: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        for _ in 0..draws {
+            let _: f32 = rng.random();
+        }
+        Self {
+            params,
+            seed,
+            rng,
+            draws,
+        }
+    }
+
+    /// `(seed, draws)`: what [`Sampler::resume`] needs.
+    pub fn state(&self) -> (u64, u64) {
+        (self.seed, self.draws)
     }
 
     pub fn params(&self) -> &SamplingParams {
@@ -117,6 +142,7 @@ impl Sampler {
             probs.iter_mut().for_each(|p| *p /= z);
         }
         let u: f32 = self.rng.random();
+        self.draws += 1;
         let mut acc = 0.0;
         for (i, p) in probs.iter().enumerate() {
             acc += p;
@@ -173,6 +199,25 @@ mod tests {
         let mut sorted: Vec<usize> = (0..50).collect();
         sorted.sort_by(|&x, &y| logits[y].total_cmp(&logits[x]));
         assert!(a.iter().all(|t| sorted[..5].contains(&(*t as usize))));
+    }
+
+    #[test]
+    fn resumed_sampler_continues_the_stream() {
+        let logits: Vec<f32> = (0..30).map(|i| (i as f32 * 0.7).cos()).collect();
+        let p = SamplingParams {
+            temperature: 0.8,
+            top_p: 1.0,
+            top_k: 0,
+            seed: Some(11),
+        };
+        let mut a = Sampler::new(p.clone());
+        let first: Vec<u32> = (0..3).map(|_| a.sample(&logits).token).collect();
+        let (seed, draws) = a.state();
+        let mut b = Sampler::resume(p, seed, draws);
+        let rest_a: Vec<u32> = (0..5).map(|_| a.sample(&logits).token).collect();
+        let rest_b: Vec<u32> = (0..5).map(|_| b.sample(&logits).token).collect();
+        assert_eq!(rest_a, rest_b);
+        assert_eq!(first.len(), 3);
     }
 
     #[test]

@@ -73,7 +73,7 @@ impl Reader {
     fn serve(&mut self) -> Stop {
         loop {
             let mut hb = [0u8; HEADER_LEN];
-            if let Err(stop) = self.fill(&mut hb, true) {
+            if let Err(stop) = self.fill(&mut hb) {
                 return stop;
             }
             let header = match Header::decode(&hb, self.max_frame_bytes) {
@@ -108,6 +108,9 @@ impl Reader {
         }
     }
 
+    /// Reads a payload of `len` bytes straight into a `Vec` of that capacity (no zero-fill:
+    /// `read_to_end` reads into the spare capacity), in pieces so that silence and shutdown
+    /// are still noticed in the middle of a large frame.
     fn payload(&mut self, len: u64) -> Result<Vec<u8>, Stop> {
         let len = usize::try_from(len).map_err(|_| {
             Stop::Fault(PeerFault::Protocol(format!(
@@ -120,59 +123,87 @@ impl Reader {
                 "cannot allocate {len} bytes for its frame"
             ))));
         }
-        data.resize(len, 0);
-        self.fill(&mut data, false)?;
+        while data.len() < len {
+            self.wait_while_silent()?;
+            let before = data.len();
+            let want = (len - before) as u64;
+            let result = (&mut self.stream).take(want).read_to_end(&mut data);
+            if data.len() > before {
+                self.last_seen = Instant::now();
+            }
+            match result {
+                Ok(_) if data.len() == len => {}
+                Ok(_) => {
+                    if self.control.is_stopping() {
+                        return Err(Stop::Closing);
+                    }
+                    return Err(Stop::Fault(PeerFault::Lost(
+                        "closed the connection in the middle of a frame".into(),
+                    )));
+                }
+                Err(e) => self.on_read_error(&e)?,
+            }
+        }
         Ok(data)
     }
 
-    /// Fills `buf` from the socket, waking every poll interval to check for silence (nothing
-    /// at all from the peer for `peer_timeout`) and for the communicator closing.
-    fn fill(&mut self, buf: &mut [u8], frame_start: bool) -> Result<(), Stop> {
+    /// Test hook: a silent rank stops reading (it stays connected).
+    fn wait_while_silent(&self) -> Result<(), Stop> {
+        while self.control.is_silent() {
+            if self.control.sleep(self.poll_interval) {
+                return Err(Stop::Closing);
+            }
+        }
+        Ok(())
+    }
+
+    /// A read error: a timeout is fine unless the peer has been silent for too long (or we
+    /// are closing); anything else ends the connection.
+    fn on_read_error(&self, e: &io::Error) -> Result<(), Stop> {
+        if self.control.is_stopping() {
+            return Err(Stop::Closing);
+        }
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(());
+        }
+        if is_timeout(e) {
+            let silent_for = self.last_seen.elapsed();
+            if silent_for > self.peer_timeout {
+                return Err(Stop::Fault(PeerFault::Lost(format!(
+                    "silent for {silent_for:?}: no data and no heartbeat within peer_timeout {:?}",
+                    self.peer_timeout
+                ))));
+            }
+            return Ok(());
+        }
+        Err(Stop::Fault(PeerFault::Lost(format!(
+            "connection failed: {e}"
+        ))))
+    }
+
+    /// Fills `buf` (a frame header) from the socket, waking every poll interval to check for
+    /// silence (nothing at all from the peer for `peer_timeout`) and for shutdown.
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), Stop> {
         let mut filled = 0;
         while filled < buf.len() {
-            if self.control.is_silent() {
-                if self.control.sleep(self.poll_interval) {
-                    return Err(Stop::Closing);
-                }
-                continue;
-            }
+            self.wait_while_silent()?;
             match self.stream.read(&mut buf[filled..]) {
                 Ok(0) => {
                     if self.control.is_stopping() {
                         return Err(Stop::Closing);
                     }
-                    let reason = if frame_start && filled == 0 {
-                        "closed the connection".to_string()
+                    let reason = if filled == 0 {
+                        "closed the connection"
                     } else {
-                        "closed the connection in the middle of a frame".to_string()
+                        "closed the connection in the middle of a frame"
                     };
-                    return Err(Stop::Fault(PeerFault::Lost(reason)));
+                    return Err(Stop::Fault(PeerFault::Lost(reason.into())));
                 }
                 Ok(n) => {
                     filled += n;
                     self.last_seen = Instant::now();
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if is_timeout(&e) => {
-                    if self.control.is_stopping() {
-                        return Err(Stop::Closing);
-                    }
-                    let silent_for = self.last_seen.elapsed();
-                    if silent_for > self.peer_timeout {
-                        return Err(Stop::Fault(PeerFault::Lost(format!(
-                            "silent for {silent_for:?}: no data and no heartbeat within peer_timeout {:?}",
-                            self.peer_timeout
-                        ))));
-                    }
-                }
-                Err(e) => {
-                    if self.control.is_stopping() {
-                        return Err(Stop::Closing);
-                    }
-                    return Err(Stop::Fault(PeerFault::Lost(format!(
-                        "connection failed: {e}"
-                    ))));
-                }
+                Err(e) => self.on_read_error(&e)?,
             }
         }
         Ok(())

@@ -111,3 +111,14 @@ pub fn check_all_to_all<C: Communicator>(comms: &mut [C], sizes: &[Vec<usize>], 
         }
     }
 }
+
+/// Asserts that an operation failed because rank `lost` was lost: either directly, or through
+/// another rank that noticed first and aborted the group (its reason names the lost rank).
+pub fn assert_lost<T: std::fmt::Debug>(r: &Result<T, CommError>, lost: usize) {
+    match r {
+        Err(CommError::PeerLost { peer, .. }) if *peer == lost => {}
+        Err(CommError::PeerLost { reason, .. })
+            if reason.contains("aborted") && reason.contains(&format!("rank {lost} lost")) => {}
+        other => panic!("expected rank {lost} lost, got {other:?}"),
+    }
+}

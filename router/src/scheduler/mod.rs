@@ -24,7 +24,7 @@ use crate::api::{
     Backend, ComponentHealth, GenerateRequest, ModelInfo, RankLoad, SubmitError, TokenEvent,
 };
 use crate::group::WorkerGroup;
-use state::SchedState;
+use state::{GroupState, SchedState};
 
 /// Budgets and limits of the scheduler.
 #[derive(Debug, Clone)]
@@ -65,13 +65,14 @@ pub(crate) enum Command {
 /// Shared flags the front ends read without a round trip to the scheduler task.
 pub(crate) struct Shared {
     pub waiting: AtomicUsize,
+    /// False once the decode group is down (nothing can be served).
     pub healthy: AtomicBool,
     pub draining: AtomicBool,
-    pub detail: Mutex<String>,
+    pub components: Mutex<Vec<ComponentHealth>>,
 }
 
-/// The router's [`Backend`] over one worker group (aggregated mode: the group prefills and
-/// decodes).
+/// The router's [`Backend`] over a decode group and, optionally, a prefill group (without
+/// one, the decode group prefills too: aggregated mode).
 pub struct Scheduler {
     tx: mpsc::UnboundedSender<Command>,
     shared: Arc<Shared>,
@@ -80,19 +81,30 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Starts the scheduling task on the current tokio runtime.
+    /// Starts the scheduling task (aggregated mode) on the current tokio runtime.
     pub fn start(group: WorkerGroup, cfg: SchedulerConfig, info: ModelInfo) -> Arc<Self> {
+        Self::start_disaggregated(None, group, cfg, info)
+    }
+
+    /// Starts the scheduling task with a prefill group: prompts run there, then each
+    /// sequence's KV cache moves to a decode rank of `decode`.
+    pub fn start_disaggregated(
+        prefill: Option<WorkerGroup>,
+        decode: WorkerGroup,
+        cfg: SchedulerConfig,
+        info: ModelInfo,
+    ) -> Arc<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             waiting: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
             draining: AtomicBool::new(false),
-            detail: Mutex::new(String::new()),
+            components: Mutex::new(Vec::new()),
         });
         let state = SchedState::new(
-            group,
+            GroupState::new(decode, cfg.group_name.clone()),
+            prefill.map(|g| GroupState::new(g, "prefill".into())),
             cfg.clone(),
-            info.max_context as usize,
             shared.clone(),
         );
         tokio::spawn(state.run(rx));
@@ -124,14 +136,8 @@ impl Backend for Scheduler {
             return Err(SubmitError::ShuttingDown);
         }
         if !self.shared.healthy.load(Ordering::SeqCst) {
-            let d = self
-                .shared
-                .detail
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone();
             return Err(SubmitError::Unavailable(format!(
-                "group {} is down: {d}",
+                "worker group {} is down",
                 self.cfg.group_name
             )));
         }
@@ -190,18 +196,11 @@ impl Backend for Scheduler {
     }
 
     fn health(&self) -> Vec<ComponentHealth> {
-        let healthy = self.shared.healthy.load(Ordering::SeqCst);
-        let detail = self
-            .shared
-            .detail
+        self.shared
+            .components
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        vec![ComponentHealth {
-            name: self.cfg.group_name.clone(),
-            healthy,
-            detail,
-        }]
+            .clone()
     }
 
     async fn loads(&self) -> Vec<RankLoad> {

@@ -151,7 +151,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         use std::io::Write;
         std::io::stdout().flush()?;
         tonic::transport::Server::builder()
-            .add_service(WorkerServer::new(service).max_decoding_message_size(256 << 20))
+            .add_service(
+                WorkerServer::new(service)
+                    .max_decoding_message_size(1 << 30)
+                    .max_encoding_message_size(1 << 30),
+            )
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(control),
                 async move {

@@ -12,7 +12,7 @@ use candle_core::{DType, Tensor};
 use super::BatchLayout;
 use crate::error::Result;
 use crate::kv_cache::KvCache;
-use crate::nn::attention::{attend, AttnShape};
+use crate::nn::attention::{attend_batch, AttnJob, AttnShape};
 
 /// One layer's attention.
 pub trait Attention: Send + Sync + std::fmt::Debug {
@@ -58,15 +58,44 @@ pub(crate) fn cache_and_attend(
         }
     }
     let mut out = vec![0f32; b.num_tokens() * ow];
-    for ((seq, rows, _), &start) in b.spans.iter().zip(&b.starts) {
-        let view = kv.view(layer, *seq)?;
-        attend(
-            &view,
-            &q[rows.start * qw..rows.end * qw],
+    let views = b
+        .spans
+        .iter()
+        .map(|(seq, _, _)| kv.view(layer, *seq))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let jobs: Vec<AttnJob<'_, '_>> = b
+        .spans
+        .iter()
+        .zip(&b.starts)
+        .zip(&views)
+        .map(|(((_, rows, _), &start), view)| AttnJob {
+            view,
+            q: &q[rows.start * qw..rows.end * qw],
             start,
-            shape,
-            &mut out[rows.start * ow..rows.end * ow],
-        );
+        })
+        .collect();
+    // The output splits by span when the spans tile the rows in order (as `prepare` lays
+    // them out); then all sequences share one parallel region (see `attend_batch`).
+    let mut next = 0;
+    let tiled = b.spans.iter().all(|(_, rows, _)| {
+        let ok = rows.start == next;
+        next = rows.end;
+        ok
+    });
+    if tiled {
+        let mut outs = Vec::with_capacity(jobs.len());
+        let mut rest = &mut out[..];
+        for (_, rows, _) in &b.spans {
+            let (head, tail) = rest.split_at_mut(rows.len() * ow);
+            outs.push(head);
+            rest = tail;
+        }
+        attend_batch(&jobs, shape, outs);
+    } else {
+        for (job, (_, rows, _)) in jobs.iter().zip(&b.spans) {
+            let o = &mut out[rows.start * ow..rows.end * ow];
+            attend_batch(std::slice::from_ref(job), shape, vec![o]);
+        }
     }
     Ok(out)
 }

@@ -39,6 +39,108 @@ pub struct AttnShape {
 /// sequence's cache, which must already hold positions `0..start + n`. Writes `n` rows of
 /// `num_heads * v_dim` to `out`. Softmax runs in f32 with the running maximum subtracted.
 pub fn attend(view: &SeqView<'_>, q: &[f32], start: usize, shape: &AttnShape, out: &mut [f32]) {
+    attend_batch(&[AttnJob { view, q, start }], shape, vec![out]);
+}
+
+/// One sequence's share of a batched [`attend_batch`] call (the arguments of [`attend`]).
+pub(crate) struct AttnJob<'a, 'v> {
+    pub view: &'a SeqView<'v>,
+    pub q: &'a [f32],
+    pub start: usize,
+}
+
+/// Below this many multiply-adds an attention call runs on the calling thread.
+const SERIAL_MACS: usize = 1 << 15;
+
+/// [`attend`] for several sequences at once: `outs[i]` receives job `i`'s rows. One parallel
+/// region covers every (sequence, query row, KV head) task of the batch, instead of one per
+/// sequence, because at decode time each sequence has a single row and the per-region
+/// start-up cost would dominate.
+pub(crate) fn attend_batch(jobs: &[AttnJob<'_, '_>], shape: &AttnShape, outs: Vec<&mut [f32]>) {
+    let AttnShape {
+        num_heads,
+        num_kv_heads,
+        qk_dim,
+        v_dim,
+        ..
+    } = *shape;
+    if num_heads == 0 || num_kv_heads == 0 || v_dim == 0 {
+        return;
+    }
+    let group = num_heads / num_kv_heads;
+    let mut macs = 0usize;
+    // (job, query row, KV head, that head group's output: `group` heads of `v_dim`).
+    let mut tasks: Vec<(usize, usize, usize, &mut [f32])> = Vec::new();
+    for (ji, out) in outs.into_iter().enumerate() {
+        let start = jobs[ji].start;
+        for (idx, o) in out.chunks_mut(group * v_dim).enumerate() {
+            let (row, g) = (idx / num_kv_heads, idx % num_kv_heads);
+            macs += (start + row + 1) * group * (qk_dim + v_dim);
+            tasks.push((ji, row, g, o));
+        }
+    }
+    let avx2 = has_avx2_fma();
+    let run = |scores: &mut Vec<f32>, (ji, row, g, o): (usize, usize, usize, &mut [f32])| {
+        let job = &jobs[ji];
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: the CPU has AVX2 and FMA (checked at run time).
+            return unsafe { attend_group_avx2(job, row, g, shape, scores, o) };
+        }
+        attend_group::<false>(job, row, g, shape, scores, o)
+    };
+    if macs < SERIAL_MACS {
+        let mut scores = Vec::new();
+        tasks.into_iter().for_each(|t| run(&mut scores, t));
+    } else {
+        tasks.into_par_iter().for_each_init(Vec::new, run);
+    }
+}
+
+fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_group_avx2(
+    job: &AttnJob<'_, '_>,
+    row: usize,
+    g: usize,
+    shape: &AttnShape,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    attend_group::<true>(job, row, g, shape, scores, out)
+}
+
+#[inline(always)]
+fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// Query row `row` of `job`, the `group` query heads that share KV head `g`: each key and
+/// value is read once for all of them. `out` holds those heads' `v_dim` outputs.
+#[inline(always)]
+fn attend_group<const FMA: bool>(
+    job: &AttnJob<'_, '_>,
+    row: usize,
+    g: usize,
+    shape: &AttnShape,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
     let AttnShape {
         num_heads,
         num_kv_heads,
@@ -48,52 +150,59 @@ pub fn attend(view: &SeqView<'_>, q: &[f32], start: usize, shape: &AttnShape, ou
         mask,
     } = *shape;
     let group = num_heads / num_kv_heads;
-    out.par_chunks_mut(v_dim)
-        .enumerate()
-        .for_each_init(Vec::new, |scores, (idx, o)| {
-            let (row, h) = (idx / num_heads, idx % num_heads);
-            let p = start + row;
-            let kvh = h / group;
-            let qh = &q[(row * num_heads + h) * qk_dim..(row * num_heads + h + 1) * qk_dim];
-            let first = mask.first_visible(p);
-            scores.clear();
-            let mut max = f32::NEG_INFINITY;
-            for j in first..=p {
-                let k = &view.key(j)[kvh * qk_dim..(kvh + 1) * qk_dim];
-                let s = dot(qh, k) * scale;
-                max = max.max(s);
-                scores.push(s);
+    let p = job.start + row;
+    let first = mask.first_visible(p);
+    let len = p + 1 - first;
+    let qrow = &job.q[row * num_heads * qk_dim..(row + 1) * num_heads * qk_dim];
+    // scores[h * len + t]: head h of the group, key first + t.
+    scores.clear();
+    scores.resize(group * len, 0.0);
+    for t in 0..len {
+        let k = &job.view.key(first + t)[g * qk_dim..(g + 1) * qk_dim];
+        for h in 0..group {
+            let qh = &qrow[(g * group + h) * qk_dim..(g * group + h + 1) * qk_dim];
+            scores[h * len + t] = dot::<FMA>(qh, k) * scale;
+        }
+    }
+    for h in 0..group {
+        let s = &mut scores[h * len..(h + 1) * len];
+        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for v in s.iter_mut() {
+            *v = crate::nn::kernels::exp(*v - max);
+            sum += *v;
+        }
+        let inv = 1.0 / sum;
+        s.iter_mut().for_each(|v| *v *= inv);
+    }
+    out.fill(0.0);
+    for t in 0..len {
+        let v = &job.view.value(first + t)[g * v_dim..(g + 1) * v_dim];
+        for h in 0..group {
+            let w = scores[h * len + t];
+            for (oi, vi) in out[h * v_dim..(h + 1) * v_dim].iter_mut().zip(v) {
+                *oi = fmadd::<FMA>(w, *vi, *oi);
             }
-            let mut sum = 0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            let inv = 1.0 / sum;
-            o.fill(0.0);
-            for (j, s) in (first..=p).zip(scores.iter()) {
-                let v = &view.value(j)[kvh * v_dim..(kvh + 1) * v_dim];
-                let w = s * inv;
-                for (oi, vi) in o.iter_mut().zip(v) {
-                    *oi += w * vi;
-                }
-            }
-        });
+        }
+    }
 }
 
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent accumulators let the compiler vectorise without reassociation flags.
-    let mut acc = [0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
-        for l in 0..8 {
-            acc[l] += a[c * 8 + l] * b[c * 8 + l];
+#[inline(always)]
+fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+    // Sixteen independent lanes (two AVX vectors) let the compiler vectorise without
+    // reassociation flags and hide the FMA latency.
+    const L: usize = 16;
+    let mut acc = [0f32; L];
+    let (ac, bc) = (a.chunks_exact(L), b.chunks_exact(L));
+    let (at, bt) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for l in 0..L {
+            acc[l] = fmadd::<FMA>(x[l], y[l], acc[l]);
         }
     }
     let mut s: f32 = acc.iter().sum();
-    for i in chunks * 8..a.len() {
-        s += a[i] * b[i];
+    for (x, y) in at.iter().zip(bt) {
+        s = fmadd::<FMA>(*x, *y, s);
     }
     s
 }

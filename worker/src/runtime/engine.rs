@@ -7,7 +7,7 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use crate::error::{ModelError, Result};
-use crate::kv_cache::{KvCache, SeqId};
+use crate::kv_cache::{KvCache, SeqId, SeqKv};
 use crate::model::{ForwardCtx, LogitsMode, SeqInput, Transformer};
 use crate::moe::MoeDispatch;
 use crate::sampling::{Sample, Sampler, SamplingParams};
@@ -36,6 +36,16 @@ pub struct SeqOutput {
     pub seq: SeqId,
     pub sample: Option<Sample>,
     pub logits: Option<Vec<f32>>,
+}
+
+/// A sequence in transit between workers.
+#[derive(Debug, Clone)]
+pub struct Transfer {
+    pub seq: SeqId,
+    pub kv: SeqKv,
+    pub sampling: SamplingParams,
+    pub seed: u64,
+    pub draws: u64,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -127,6 +137,35 @@ impl<D: MoeDispatch + DispatchStats> Engine<D> {
         Ok(out)
     }
 
+    /// A sequence's KV cache and sampler state, for moving it to another worker.
+    pub fn export(&mut self, seq: SeqId, release: bool) -> Result<Transfer> {
+        let kv = self.kv.export(seq)?;
+        let sampler = self
+            .samplers
+            .get(&seq)
+            .ok_or_else(|| ModelError::Input(format!("sequence {seq} has no sampler")))?;
+        let (seed, draws) = sampler.state();
+        let t = Transfer {
+            seq,
+            kv,
+            sampling: sampler.params().clone(),
+            seed,
+            draws,
+        };
+        if release {
+            self.release(&[seq]);
+        }
+        Ok(t)
+    }
+
+    /// Installs a sequence moved from another worker.
+    pub fn import(&mut self, t: Transfer) -> Result<()> {
+        self.kv.import(t.seq, &t.kv)?;
+        self.samplers
+            .insert(t.seq, Sampler::resume(t.sampling, t.seed, t.draws));
+        Ok(())
+    }
+
     /// Frees the KV blocks and samplers of `seqs`; returns the blocks freed.
     pub fn release(&mut self, seqs: &[SeqId]) -> usize {
         seqs.iter()
@@ -151,6 +190,8 @@ enum Command {
     Step(StepInput, oneshot::Sender<Result<(Vec<SeqOutput>, f64)>>),
     Release(Vec<SeqId>, oneshot::Sender<usize>),
     Status(oneshot::Sender<EngineStatus>),
+    Export(SeqId, bool, oneshot::Sender<Result<Transfer>>),
+    Import(Box<Transfer>, oneshot::Sender<Result<()>>),
     Shutdown,
 }
 
@@ -182,6 +223,12 @@ impl EngineHandle {
                         }
                         Command::Status(reply) => {
                             let _ = reply.send(engine.status());
+                        }
+                        Command::Export(seq, release, reply) => {
+                            let _ = reply.send(engine.export(seq, release));
+                        }
+                        Command::Import(t, reply) => {
+                            let _ = reply.send(engine.import(*t));
                         }
                         Command::Shutdown => break,
                     }
@@ -219,6 +266,22 @@ impl EngineHandle {
             .send(Command::Status(tx))
             .map_err(|_| Self::gone())?;
         rx.await.map_err(|_| Self::gone())
+    }
+
+    pub async fn export(&self, seq: SeqId, release: bool) -> Result<Transfer> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Export(seq, release, tx))
+            .map_err(|_| Self::gone())?;
+        rx.await.map_err(|_| Self::gone())?
+    }
+
+    pub async fn import(&self, t: Transfer) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Import(Box::new(t), tx))
+            .map_err(|_| Self::gone())?;
+        rx.await.map_err(|_| Self::gone())?
     }
 
     pub fn shutdown(&self) {

@@ -4,8 +4,9 @@ use moeflow_proto::v1 as pb;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use super::engine::{ChunkInput, EngineHandle, StepInput};
+use super::engine::{ChunkInput, EngineHandle, StepInput, Transfer};
 use crate::error::ModelError;
+use crate::kv_cache::SeqKv;
 use crate::sampling::SamplingParams;
 
 /// Serves one rank's engine over gRPC.
@@ -50,19 +51,36 @@ fn status_of(e: ModelError) -> Status {
     }
 }
 
+fn sampling_from_pb(seq: u64, s: pb::WorkerSampling) -> Result<SamplingParams, Status> {
+    let p = SamplingParams {
+        temperature: s.temperature,
+        top_p: if s.top_p == 0.0 { 1.0 } else { s.top_p },
+        top_k: s.top_k as usize,
+        seed: s.seed,
+    };
+    p.validate()
+        .map_err(|e| Status::invalid_argument(format!("sequence {seq}: {e}")))?;
+    Ok(p)
+}
+
+fn f32s_to_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn bytes_to_f32s(seq: u64, field: &str, b: &[u8]) -> Result<Vec<f32>, Status> {
+    if b.len() % 4 != 0 {
+        return Err(Status::invalid_argument(format!(
+            "sequence {seq}: {field} is not whole f32 values"
+        )));
+    }
+    Ok(b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
 fn chunk_from_pb(c: pb::SeqChunk) -> Result<ChunkInput, Status> {
     let sampling = match c.sampling {
-        Some(s) => {
-            let p = SamplingParams {
-                temperature: s.temperature,
-                top_p: if s.top_p == 0.0 { 1.0 } else { s.top_p },
-                top_k: s.top_k as usize,
-                seed: s.seed,
-            };
-            p.validate()
-                .map_err(|e| Status::invalid_argument(format!("sequence {}: {e}", c.seq_id)))?;
-            Some(p)
-        }
+        Some(s) => Some(sampling_from_pb(c.seq_id, s)?),
         None => None,
     };
     Ok(ChunkInput {
@@ -141,6 +159,54 @@ impl pb::worker_server::Worker for WorkerService {
             model_fingerprint: self.model_fingerprint.clone(),
             plan_fingerprint: self.plan_fingerprint,
         }))
+    }
+
+    async fn export_kv(
+        &self,
+        request: Request<pb::ExportKvRequest>,
+    ) -> Result<Response<pb::KvTransfer>, Status> {
+        let req = request.into_inner();
+        let t = self
+            .engine
+            .export(req.seq_id, req.release)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::KvTransfer {
+            seq_id: t.seq,
+            len: t.kv.len as u32,
+            keys: f32s_to_bytes(&t.kv.keys),
+            values: f32s_to_bytes(&t.kv.values),
+            sampling: Some(pb::WorkerSampling {
+                temperature: t.sampling.temperature,
+                top_p: t.sampling.top_p,
+                top_k: t.sampling.top_k as u32,
+                seed: t.sampling.seed,
+            }),
+            sampler_seed: t.seed,
+            sampler_draws: t.draws,
+        }))
+    }
+
+    async fn import_kv(
+        &self,
+        request: Request<pb::KvTransfer>,
+    ) -> Result<Response<pb::ImportKvResponse>, Status> {
+        let t = request.into_inner();
+        let seq = t.seq_id;
+        let sampling = sampling_from_pb(seq, t.sampling.unwrap_or_default())?;
+        let transfer = Transfer {
+            seq,
+            kv: SeqKv {
+                len: t.len as usize,
+                keys: bytes_to_f32s(seq, "keys", &t.keys)?,
+                values: bytes_to_f32s(seq, "values", &t.values)?,
+            },
+            sampling,
+            seed: t.sampler_seed,
+            draws: t.sampler_draws,
+        };
+        self.engine.import(transfer).await.map_err(status_of)?;
+        Ok(Response::new(pb::ImportKvResponse {}))
     }
 
     async fn shutdown(
