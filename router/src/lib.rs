@@ -4,6 +4,7 @@
 pub mod api;
 pub mod group;
 pub mod scheduler;
+pub mod stats;
 
 pub use group::{GroupError, WorkerGroup};
 pub use scheduler::{Scheduler, SchedulerConfig};

@@ -24,6 +24,8 @@ enum Command {
     Worker(cmd::worker::Args),
     /// Run prompts on a local expert-parallel worker group of separate processes.
     Group(cmd::group::Args),
+    /// Serve the OpenAI-compatible HTTP and gRPC APIs over local worker groups.
+    Serve(cmd::serve::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,6 +36,7 @@ fn main() -> anyhow::Result<()> {
         Command::Generate(args) => cmd::generate::run(args),
         Command::Worker(args) => cmd::worker::run(args),
         Command::Group(args) => cmd::group::run(args),
+        Command::Serve(args) => cmd::serve::run(args),
     }
 }
 

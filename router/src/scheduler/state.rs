@@ -274,8 +274,6 @@ impl SchedState {
             .map(|(s, _)| *s)
             .collect();
         for seq in gone {
-            metrics::counter!("moeflow:request_success_total", "finished_reason" => "abort")
-                .increment(1);
             self.release(seq);
         }
         let before = self.waiting.len();
@@ -519,13 +517,6 @@ impl SchedState {
                     reason,
                     usage: usage(r),
                 });
-                let label = if reason == FinishReason::Stop {
-                    "stop"
-                } else {
-                    "length"
-                };
-                metrics::counter!("moeflow:request_success_total", "finished_reason" => label)
-                    .increment(1);
                 self.release(res.seq_id);
             } else if r.at.0 == Role::Prefill {
                 to_move.push(res.seq_id);
@@ -579,8 +570,6 @@ impl SchedState {
             let _ = r.tx.try_send(TokenEvent::Error {
                 message: msg.to_string(),
             });
-            metrics::counter!("moeflow:request_success_total", "finished_reason" => "error")
-                .increment(1);
         }
         self.release(seq);
     }

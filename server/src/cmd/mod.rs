@@ -4,4 +4,5 @@ pub mod device;
 pub mod generate;
 pub mod group;
 pub mod init_model;
+pub mod serve;
 pub mod worker;
