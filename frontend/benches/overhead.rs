@@ -6,13 +6,17 @@
 //! - `channel`: the backend's receivers read directly (the floor: tokio channels and tasks);
 //! - `pipeline`: the front end's `Generation` (incremental detokenization, stop-string
 //!   matching, metrics) without HTTP;
-//! - `http`: the whole HTTP front end on loopback (JSON chunks, SSE, hyper, TCP), read by a
-//!   minimal hyper client in the same process (so the client's cost is included).
+//! - `sse-echo`: a bare axum SSE route that turns each token into a fixed, pre-serialized
+//!   chunk (no detokenization, no JSON building): HTTP, SSE, TCP and the client alone;
+//! - `http`: the whole HTTP front end on loopback (`/v1/completions`, JSON chunks, SSE, hyper,
+//!   TCP), read by a minimal hyper client in the same process (so the client's cost is
+//!   included in both HTTP tiers).
 //!
 //! Two modes:
 //!
-//! - saturated: the fake emits `--tokens` tokens per stream as fast as it can; the result is
-//!   wall time per token over all streams (machine time per token on this many cores);
+//! - saturated: the fake emits `--tokens` tokens per stream as fast as it can; the results
+//!   are wall time per token over all streams and the process's CPU time per token (the
+//!   latter holds up when other processes share the machine);
 //! - paced: the fake emits one token per stream every `--paced-ms`, a load the front end can
 //!   keep up with; the result is each token's latency from the fake's send to the consumer's
 //!   receipt (p50/p99): what the front end adds to inter-token latency at that concurrency.
@@ -65,6 +69,8 @@ fn args() -> Args {
 /// What one tier measured.
 struct Measured {
     wall: Duration,
+    /// User + system CPU time of the whole process during the tier.
+    cpu: Duration,
     tokens: usize,
     /// Send-to-receipt latency of every token.
     latencies: Vec<Duration>,
@@ -116,7 +122,7 @@ async fn channel_tier(
     prompt: &[u32],
     n: u32,
 ) -> Measured {
-    let start = Instant::now();
+    let start = (Instant::now(), cpu_time());
     let mut tasks = Vec::with_capacity(streams);
     for i in 0..streams {
         let backend = Arc::clone(&backend);
@@ -147,7 +153,7 @@ async fn pipeline_tier(
     prompt: &[u32],
     n: u32,
 ) -> Measured {
-    let start = Instant::now();
+    let start = (Instant::now(), cpu_time());
     let mut tasks = Vec::with_capacity(streams);
     for i in 0..streams {
         let state = state.clone();
@@ -184,6 +190,7 @@ async fn pipeline_tier(
 
 async fn http_tier(
     addr: SocketAddr,
+    path: &'static str,
     backend: Arc<FakeBackend>,
     streams: usize,
     prompt: &[u32],
@@ -195,12 +202,31 @@ async fn http_tier(
         })
         .to_string(),
     );
-    let start = Instant::now();
-    let mut tasks = Vec::with_capacity(streams);
+    // Connect every client first, a few at a time (a storm of 1,000 SYNs overflows the
+    // listener's queue and costs one-second retransmits), so the timed part is streaming.
+    let gate = Arc::new(tokio::sync::Semaphore::new(CONNECT_PARALLELISM));
+    let mut connecting = Vec::with_capacity(streams);
     for _ in 0..streams {
+        let gate = Arc::clone(&gate);
+        connecting.push(tokio::spawn(async move {
+            let _permit = gate.acquire().await.ok();
+            connect(addr).await
+        }));
+    }
+    let mut senders = Vec::with_capacity(streams);
+    for c in connecting {
+        match c.await {
+            Ok(Ok(sender)) => senders.push(sender),
+            Ok(Err(e)) => eprintln!("connect failed: {e}"),
+            Err(e) => eprintln!("connect task failed: {e}"),
+        }
+    }
+    let start = (Instant::now(), cpu_time());
+    let mut tasks = Vec::with_capacity(streams);
+    for sender in senders {
         let body = body.clone();
         tasks.push(tokio::spawn(async move {
-            match http_stream(addr, body).await {
+            match http_stream(sender, path, body).await {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("stream failed: {e}");
@@ -213,17 +239,28 @@ async fn http_tier(
     finish(start, &backend, received)
 }
 
+/// Clients connecting at once.
+const CONNECT_PARALLELISM: usize = 64;
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn connect(addr: SocketAddr) -> Result<Sender, BoxError> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
 /// One streaming completion; returns the response id and the receipt time of each token
 /// chunk (the fake's script decodes one token per chunk).
 async fn http_stream(
-    addr: SocketAddr,
+    mut sender: Sender,
+    path: &str,
     body: Bytes,
-) -> Result<(String, Vec<Instant>), Box<dyn std::error::Error + Send + Sync>> {
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    tcp.set_nodelay(true)?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-    tokio::spawn(conn);
-    let req = hyper::Request::post("/v1/completions")
+) -> Result<(String, Vec<Instant>), BoxError> {
+    let req = hyper::Request::post(path)
         .header("host", "bench")
         .header("content-type", "application/json")
         .body(Full::new(body))?;
@@ -255,6 +292,57 @@ async fn http_stream(
     Ok((id, times))
 }
 
+/// The `sse-echo` tier's server: each token becomes the same small pre-serialized chunk.
+fn echo_app(backend: Arc<FakeBackend>, prompt: Vec<u32>, n: u32) -> axum::Router {
+    use axum::response::sse::{Event, Sse};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = Arc::new(AtomicUsize::new(0));
+    let handler = move || {
+        let backend = Arc::clone(&backend);
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let req = request(i, &prompt, n);
+        async move {
+            let id = req.request_id.clone();
+            let chunk = format!(
+                r#"{{"id":"{id}","object":"text_completion","choices":[{{"index":0,"text":" x","finish_reason":null}}]}}"#
+            );
+            let rx = backend.submit(req).await.ok();
+            let events = async_stream::stream! {
+                if let Some(mut rx) = rx {
+                    while let Some(TokenEvent::Token { .. }) = rx.recv().await {
+                        yield Ok::<_, std::convert::Infallible>(Event::default().data(chunk.as_str()));
+                    }
+                }
+                yield Ok(Event::default().data("[DONE]"));
+            };
+            Sse::new(events)
+        }
+    };
+    axum::Router::new().route("/echo", axum::routing::post(handler))
+}
+
+async fn serve(
+    app: axum::Router,
+) -> (
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+        Ok(l) => l,
+        Err(e) => panic!("bind: {e}"),
+    };
+    let addr = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => panic!("addr: {e}"),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve_http(listener, app, async move {
+        let _ = stop_rx.await;
+    }));
+    (addr, stop_tx, server)
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
@@ -278,16 +366,37 @@ async fn join(
     out
 }
 
+/// User + system CPU time of this process so far, from `/proc/self/stat` (clock ticks of
+/// 10 ms; tiers run long enough for that). Zero where there is no procfs.
+fn cpu_time() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    // The command name may contain spaces; the fields after it are space-separated.
+    let Some(rest) = stat.rsplit(')').next() else {
+        return Duration::ZERO;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
 fn finish(
-    start: Instant,
+    start: (Instant, Duration),
     backend: &FakeBackend,
     received: Vec<(String, Vec<Instant>)>,
 ) -> Measured {
-    let wall = start.elapsed();
+    let cpu = cpu_time().saturating_sub(start.1);
+    let wall = start.0.elapsed();
     let tokens = received.iter().map(|(_, t)| t.len()).sum();
     let emitted = backend.take_emit_times();
     Measured {
         wall,
+        cpu,
         tokens,
         latencies: latencies(&emitted, &received),
     }
@@ -305,7 +414,19 @@ fn backend(tokenizer: &Tokenizer, script: Vec<u32>, delay: Duration) -> Arc<Fake
 struct Tiers {
     channel: Measured,
     pipeline: Measured,
+    echo: Measured,
     http: Measured,
+}
+
+impl Tiers {
+    fn all(&self) -> [(&'static str, &Measured); 4] {
+        [
+            ("channel", &self.channel),
+            ("pipeline", &self.pipeline),
+            ("sse-echo", &self.echo),
+            ("http", &self.http),
+        ]
+    }
 }
 
 async fn run_mode(
@@ -324,73 +445,66 @@ async fn run_mode(
     let pipeline = pipeline_tier(state, Arc::clone(&fake), streams, &prompt, n).await;
 
     let fake = backend(tokenizer, script.to_vec(), delay);
+    let (addr, stop, server) = serve(echo_app(Arc::clone(&fake), prompt.clone(), n)).await;
+    let echo = http_tier(addr, "/echo", Arc::clone(&fake), streams, &prompt, n).await;
+    let _ = stop.send(());
+    let _ = server.await;
+
+    let fake = backend(tokenizer, script.to_vec(), delay);
     let state = FrontendState::new(fake.clone(), Arc::clone(tokenizer));
-    let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
-        Ok(l) => l,
-        Err(e) => panic!("bind: {e}"),
-    };
-    let addr = match listener.local_addr() {
-        Ok(a) => a,
-        Err(e) => panic!("addr: {e}"),
-    };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_http(listener, http_app(state), async move {
-        let _ = stop_rx.await;
-    }));
-    let http = http_tier(addr, Arc::clone(&fake), streams, &prompt, n).await;
-    let _ = stop_tx.send(());
+    let (addr, stop, server) = serve(http_app(state)).await;
+    let http = http_tier(
+        addr,
+        "/v1/completions",
+        Arc::clone(&fake),
+        streams,
+        &prompt,
+        n,
+    )
+    .await;
+    let _ = stop.send(());
     let _ = server.await;
     Tiers {
         channel,
         pipeline,
+        echo,
         http,
     }
 }
 
 fn report_saturated(t: &Tiers, streams: usize, n: u32) {
     println!("\n### saturated: {streams} streams x {n} tokens, no delay\n");
-    println!("| tier | tokens | wall (ms) | wall per token (us) | tokens/s | vs channel |");
+    println!("| tier | tokens | wall (ms) | wall per token (us) | CPU per token (us) | tokens/s |");
     println!("|---|---|---|---|---|---|");
-    let base = t.channel.wall.as_secs_f64() / t.channel.tokens.max(1) as f64;
-    for (name, m) in [
-        ("channel", &t.channel),
-        ("pipeline", &t.pipeline),
-        ("http", &t.http),
-    ] {
-        let per = m.wall.as_secs_f64() / m.tokens.max(1) as f64;
+    for (name, m) in t.all() {
+        let tokens = m.tokens.max(1) as f64;
+        let per = m.wall.as_secs_f64() / tokens;
         println!(
-            "| {name} | {} | {:.0} | {:.2} | {:.0} | {:.1}x |",
+            "| {name} | {} | {:.0} | {:.2} | {:.2} | {:.0} |",
             m.tokens,
             m.wall.as_secs_f64() * 1e3,
             per * 1e6,
+            m.cpu.as_secs_f64() / tokens * 1e6,
             1.0 / per,
-            per / base
         );
     }
 }
 
 fn report_paced(t: &Tiers, streams: usize, n: u32, ms: u64) {
     println!("\n### paced: {streams} streams x {n} tokens, one token per stream every {ms} ms\n");
-    println!("| tier | tokens | latency p50 (us) | p99 (us) | max (us) | p50 added over channel (us) | p99 added (us) |");
-    println!("|---|---|---|---|---|---|---|");
-    let c50 = percentile(&t.channel.latencies, 0.5);
-    let c99 = percentile(&t.channel.latencies, 0.99);
-    for (name, m) in [
-        ("channel", &t.channel),
-        ("pipeline", &t.pipeline),
-        ("http", &t.http),
-    ] {
+    println!("| tier | tokens | latency p50 (us) | p99 (us) | max (us) | CPU per token (us) |");
+    println!("|---|---|---|---|---|---|");
+    for (name, m) in t.all() {
         let p50 = percentile(&m.latencies, 0.5);
         let p99 = percentile(&m.latencies, 0.99);
         let max = m.latencies.last().copied().unwrap_or_default();
         println!(
-            "| {name} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            "| {name} | {} | {:.1} | {:.1} | {:.1} | {:.2} |",
             m.latencies.len(),
             us(p50),
             us(p99),
             us(max),
-            us(p50.saturating_sub(c50)),
-            us(p99.saturating_sub(c99)),
+            m.cpu.as_secs_f64() / m.tokens.max(1) as f64 * 1e6,
         );
     }
 }
@@ -438,11 +552,7 @@ fn main() {
                 } else {
                     a.paced_tokens
                 } as usize;
-            for (tier, m) in [
-                ("channel", &t.channel),
-                ("pipeline", &t.pipeline),
-                ("http", &t.http),
-            ] {
+            for (tier, m) in t.all() {
                 if m.tokens != expected {
                     println!(
                         "warning: {name}/{tier} received {} of {expected} tokens",

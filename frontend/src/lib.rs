@@ -7,6 +7,17 @@
 //! response shapes, and the per-request latency metrics. Cancellation is by ownership: a
 //! request's backend receiver lives in the response stream (or the handler's future), so a
 //! client that goes away drops it and the backend frees the sequence.
+//!
+//! Wiring, as `moeflow serve` does it:
+//!
+//! ```text
+//! let metrics = moeflow_frontend::install_recorder();   // first, before anything records
+//! let state = FrontendState::new(backend, Arc::new(tokenizer)).with_model_name(name);
+//! let http = serve_http(http_listener, http_app(state.clone()), shutdown_signal_1);
+//! let grpc = tonic::transport::Server::builder()
+//!     .add_service(grpc_service(state))
+//!     .serve_with_shutdown(grpc_addr, shutdown_signal_2);
+//! ```
 
 pub mod error;
 pub mod generation;

@@ -46,7 +46,10 @@ const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 /// handle) and describes the front-end metrics. Everything recorded through the `metrics`
 /// facade anywhere in the process is rendered by [`PrometheusHandle::render`].
 ///
-/// If another recorder was installed first, ours cannot be, and the handle renders only
+/// Call it at startup, before anything records: a metric handle taken while no recorder is
+/// installed stays a no-op. [`crate::http_app`] calls it too, so tests need not.
+///
+/// If another recorder was installed first, ours cannot be, and the handle renders
 /// nothing; that is logged, not fatal, because serving matters more than metrics.
 pub fn install_recorder() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

@@ -18,6 +18,9 @@ use moeflow_worker::config::{model_fingerprint, ModelConfig};
 #[derive(Debug)]
 pub struct LocalWorker {
     pub child: Child,
+    /// The write end of the worker's stdin: when this process dies, the worker sees EOF and
+    /// exits (`--exit-on-stdin-eof`), so no worker outlives its launcher.
+    _lifeline: Option<std::process::ChildStdin>,
     pub rank: usize,
     pub control: String,
 }
@@ -167,7 +170,9 @@ pub fn spawn_workers(
     for (i, args) in arg_lists.into_iter().enumerate() {
         let mut child = match Command::new(&exe)
             .arg("worker")
+            .arg("--exit-on-stdin-eof")
             .args(&args)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -223,9 +228,11 @@ pub fn spawn_workers(
     let mut workers: Vec<LocalWorker> = children
         .into_iter()
         .zip(ready)
-        .filter_map(|(child, r)| {
+        .filter_map(|(mut child, r)| {
+            let lifeline = child.stdin.take();
             r.map(|(rank, control)| LocalWorker {
                 child,
+                _lifeline: lifeline,
                 rank,
                 control,
             })

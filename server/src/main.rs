@@ -26,6 +26,8 @@ enum Command {
     Group(cmd::group::Args),
     /// Serve the OpenAI-compatible HTTP and gRPC APIs over local worker groups.
     Serve(cmd::serve::Args),
+    /// Benchmark any OpenAI-compatible endpoint.
+    Bench(cmd::bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,6 +39,7 @@ fn main() -> anyhow::Result<()> {
         Command::Worker(args) => cmd::worker::run(args),
         Command::Group(args) => cmd::group::run(args),
         Command::Serve(args) => cmd::serve::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
     }
 }
 

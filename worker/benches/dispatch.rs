@@ -14,10 +14,13 @@
 //!   (`TcpComm`, reader and heartbeat threads as in production), each with an `EpDispatch`
 //!   over the contiguous plan and the 8 experts that plan gives it. Every iteration starts
 //!   with a barrier (not timed); then every rank times one `routed` call. The communicator is
-//!   wrapped to time its two all-to-alls, which splits a call into: `a2a` (both all-to-alls,
-//!   including waiting for the slowest peer), `between` (the time between the two
-//!   all-to-alls: decoding, the experts hosted here, encoding) and the rest (planning,
-//!   packing, summing the combine).
+//!   wrapped to time its two all-to-alls, which splits a call into: the dispatch all-to-all,
+//!   the time between the two all-to-alls (decoding, the experts hosted here, encoding), the
+//!   combine all-to-all (which also waits for the slowest rank's experts) and the rest
+//!   (planning, packing, summing the combine).
+//! - `expert work alone`: each rank's share of the expert work of one EP call (the rows and
+//!   (expert, weight) pairs it receives), run through `LayerExperts::compute` in one thread
+//!   with the rest of the benchmark idle: what a rank with a device of its own would compute.
 //! - `local`: the baseline, the same x and routing through `LocalDispatch` with all 32
 //!   experts in one thread (the rest of the machine idle).
 //! - `local x4`: the same, but 4 threads at once, each on its own rank's inputs, started
@@ -37,7 +40,9 @@ use candle_core::{Device, Tensor};
 use moeflow_comm::{CommError, CommStats, Communicator, GroupIdentity, TcpComm, TcpConfig};
 use moeflow_placement::{PlacementPlan, PlanTarget};
 use moeflow_worker::group::EpDispatch;
-use moeflow_worker::moe::{LayerExperts, LocalDispatch, MoeDispatch, Routing, WeightApplication};
+use moeflow_worker::moe::{
+    Assignment, LayerExperts, LocalDispatch, MoeDispatch, Routing, WeightApplication,
+};
 use moeflow_worker::nn::SwiGlu;
 use rand::seq::index::sample;
 use rand::{Rng, SeedableRng};
@@ -157,6 +162,8 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 struct RankResult {
     total: Vec<f64>,
     a2a: Vec<f64>,
+    dispatch_a2a: Vec<f64>,
+    combine_a2a: Vec<f64>,
     between: Vec<f64>,
     bytes_sent_remote: u64,
     bytes_received_remote: u64,
@@ -223,6 +230,8 @@ fn run_ep(
                             assert_eq!(a.len(), 2, "dispatch and combine");
                             res.total.push(us(t1 - t0));
                             res.a2a.push(us(a[0].1 - a[0].0) + us(a[1].1 - a[1].0));
+                            res.dispatch_a2a.push(us(a[0].1 - a[0].0));
+                            res.combine_a2a.push(us(a[1].1 - a[1].0));
                             res.between.push(us(a[1].0 - a[0].1));
                         }
                     }
@@ -247,6 +256,71 @@ fn run_ep(
             .map(|h| h.join().expect("rank thread"))
             .collect()
     })
+}
+
+/// The rows and assignments rank `rank` computes inside one EP call (contiguous plan, no
+/// replicas, so every selection runs on its expert's only host), in arrival order.
+fn rank_work(
+    plan: &PlacementPlan,
+    xs: &[Tensor],
+    routings: &[Routing],
+    rank: usize,
+) -> Option<(Tensor, Vec<Assignment>)> {
+    let mut rows = Vec::new();
+    let mut assignments = Vec::new();
+    for (x, routing) in xs.iter().zip(routings) {
+        for t in 0..routing.num_tokens() {
+            let (ids, weights) = routing.token(t);
+            let mut any = false;
+            for (&expert, &weight) in ids.iter().zip(weights) {
+                if plan.hosts(LAYER, rank, expert) {
+                    any = true;
+                    assignments.push(Assignment {
+                        row: rows.len() as u32,
+                        expert,
+                        weight,
+                    });
+                }
+            }
+            if any {
+                rows.push(x.get(t).expect("row"));
+            }
+        }
+    }
+    if rows.is_empty() {
+        return None;
+    }
+    Some((Tensor::stack(&rows, 0).expect("stack"), assignments))
+}
+
+/// Median time (us) of rank `rank`'s share of the expert work of one EP call, run alone in
+/// this thread (0 when the rank gets no work).
+fn run_rank_work_alone(
+    all: &[SwiGlu],
+    plan: &PlacementPlan,
+    xs: &[Tensor],
+    routings: &[Routing],
+    rank: usize,
+    iters: usize,
+) -> f64 {
+    let Some((x, assignments)) = rank_work(plan, xs, routings, rank) else {
+        return 0.0;
+    };
+    let local = layer_experts(all, &plan.layer(LAYER).expect("plan layer")[rank]);
+    let n = x.dims()[0];
+    let mut out = Vec::with_capacity(iters);
+    for i in 0..WARMUP + iters {
+        let t0 = Instant::now();
+        let y = local
+            .compute(&x, &assignments, WeightApplication::Output, n)
+            .expect("rank work");
+        let t1 = Instant::now();
+        std::hint::black_box(y);
+        if i >= WARMUP {
+            out.push(us(t1 - t0));
+        }
+    }
+    med_p90(&mut out).0
 }
 
 fn run_local(full: &LayerExperts, xs: &[Tensor], routings: &[Routing], iters: usize) -> Vec<f64> {
@@ -332,14 +406,9 @@ fn main() {
          warm-up, rayon threads {}",
         rayon::current_num_threads()
     );
-    println!();
-    println!(
-        "| tokens/rank | local median / p90 (us) | local x4 median / p90 (us) | EP median / p90 (us) \
-         | EP a2a median (us) | EP between a2a median (us) | added vs local (us) | added vs local x4 (us) \
-         | EP / local | EP / local x4 | between share of EP |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    let mut byte_rows = Vec::new();
+    let mut latency_rows = Vec::new();
+    let mut split_rows = Vec::new();
+    let mut rank_rows = Vec::new();
     for &t in &TOKENS {
         let xs: Vec<Tensor> = (0..RANKS)
             .map(|_| randn(&mut rng, t, HIDDEN, 1.0))
@@ -348,29 +417,44 @@ fn main() {
 
         let (l_med, l_p90) = med_p90(&mut run_local(&full, &xs, &routings, iters));
         let (l4_med, l4_p90) = med_p90(&mut run_local_x4(&full, &xs, &routings, iters));
+        let alone: Vec<f64> = (0..RANKS)
+            .map(|r| run_rank_work_alone(&all, &plan, &xs, &routings, r, iters))
+            .collect();
         let ranks = run_ep(&all, &full, &plan, &xs, &routings, iters);
 
-        let mut total: Vec<f64> = ranks.iter().flat_map(|r| r.total.clone()).collect();
-        let mut a2a: Vec<f64> = ranks.iter().flat_map(|r| r.a2a.clone()).collect();
-        let mut between: Vec<f64> = ranks.iter().flat_map(|r| r.between.clone()).collect();
-        let (e_med, e_p90) = med_p90(&mut total);
-        let (a_med, _) = med_p90(&mut a2a);
-        let (b_med, _) = med_p90(&mut between);
-        println!(
+        let pooled = |f: fn(&RankResult) -> &Vec<f64>| -> (f64, f64) {
+            med_p90(&mut ranks.iter().flat_map(|r| f(r).clone()).collect::<Vec<_>>())
+        };
+        let (e_med, e_p90) = pooled(|r| &r.total);
+        let (a_med, _) = pooled(|r| &r.a2a);
+        let (d_med, _) = pooled(|r| &r.dispatch_a2a);
+        let (c_med, _) = pooled(|r| &r.combine_a2a);
+        let (b_med, _) = pooled(|r| &r.between);
+        let slowest = alone.iter().copied().fold(0.0, f64::max);
+        latency_rows.push(format!(
             "| {t} | {l_med:.0} / {l_p90:.0} | {l4_med:.0} / {l4_p90:.0} | {e_med:.0} / {e_p90:.0} \
-             | {a_med:.0} | {b_med:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.0}% |",
+             | {:.0} | {:.0} | {:.2} | {:.2} |",
             e_med - l_med,
             e_med - l4_med,
             e_med / l_med,
             e_med / l4_med,
-            100.0 * b_med / e_med
-        );
+        ));
+        split_rows.push(format!(
+            "| {t} | {e_med:.0} | {a_med:.0} | {d_med:.0} | {c_med:.0} | {b_med:.0} ({:.0}%) \
+             | {slowest:.0} ({:.0}%) | {:.0} |",
+            100.0 * b_med / e_med,
+            100.0 * slowest / e_med,
+            e_med - slowest,
+        ));
         let max_diff = ranks.iter().map(|r| r.max_diff).fold(0.0, f32::max);
         let n = iters as f64;
         for (rank, r) in ranks.iter().enumerate() {
             let (m, p) = med_p90(&mut r.total.clone());
-            byte_rows.push(format!(
-                "| {t} | {rank} | {m:.0} / {p:.0} | {:.0} | {:.0} | {:.2} / {} | {:.2} | {max_diff:.1e} |",
+            let (bm, _) = med_p90(&mut r.between.clone());
+            rank_rows.push(format!(
+                "| {t} | {rank} | {m:.0} / {p:.0} | {bm:.0} | {:.0} | {:.0} | {:.0} | {:.2} / {} \
+                 | {:.2} | {max_diff:.1e} |",
+                alone[rank],
                 r.bytes_sent_remote as f64 / n,
                 r.bytes_received_remote as f64 / n,
                 r.remote_selections as f64 / n,
@@ -381,12 +465,27 @@ fn main() {
     }
     println!();
     println!(
-        "| tokens/rank | rank | EP median / p90 (us) | bytes sent to other ranks per call \
-         | bytes received from other ranks per call | remote / all selections per call \
-         | mean distinct destination ranks per token | max abs diff EP vs local |"
+        "| tokens/rank | local median / p90 (us) | local x4 median / p90 (us) | EP median / p90 (us) \
+         | added vs local (us) | added vs local x4 (us) | EP / local | EP / local x4 |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    for row in byte_rows {
-        println!("{row}");
-    }
+    latency_rows.iter().for_each(|r| println!("{r}"));
+    println!();
+    println!(
+        "| tokens/rank | EP median (us) | both all-to-alls median (us) | dispatch all-to-all \
+         median (us) | combine all-to-all median (us) | between the all-to-alls \
+         median (us, share of EP) | slowest rank's expert work alone (us, share of EP) \
+         | EP - slowest rank's work alone (us) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    split_rows.iter().for_each(|r| println!("{r}"));
+    println!();
+    println!(
+        "| tokens/rank | rank | EP median / p90 (us) | between median (us) | expert work alone (us) \
+         | bytes sent to other ranks per call | bytes received from other ranks per call \
+         | remote / all selections per call | mean distinct destination ranks per token \
+         | max abs diff EP vs local |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    rank_rows.iter().for_each(|r| println!("{r}"));
 }

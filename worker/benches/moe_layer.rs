@@ -16,6 +16,10 @@
 //! - `experts_only`: the same experts on a precomputed routing;
 //! - `matmul_f32_1024`: the baseline of the same run, candle's f32 matmul of
 //!   `[1024 x 1024] x [1024 x 1024]` (`2 * 1024^3` FLOPs), on all threads.
+//!
+//! With `-- --paired` it skips divan and prints, per token count, the median over paired
+//! samples (baseline and layer timed back to back) of the layer's rate over the baseline's:
+//! the robust form of the ratio on a machine shared with other work.
 
 use std::sync::LazyLock;
 
@@ -71,7 +75,60 @@ fn expert_flops(tokens: usize) -> ItemsCount {
 
 fn main() {
     LazyLock::force(&LAYER);
+    if std::env::args().any(|a| a == "--paired") {
+        return paired();
+    }
     divan::main();
+}
+
+/// `--paired`: the ratio measured robustly on a shared machine. Each sample times the
+/// baseline matmul and the MoE layer back to back, so both see the same background load;
+/// the report gives the median of the per-sample ratios (and the median rates).
+fn paired() {
+    use std::time::Instant;
+    let a = randn((1024, 1024), 1);
+    let b = randn((1024, 1024), 1);
+    let mm_flops = 2.0 * 1024f64.powi(3);
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!("tokens  moe_layer GFLOP/s  matmul GFLOP/s  ratio (median of {PAIRED_SAMPLES} paired samples)");
+    for tokens in TOKENS {
+        let layer = &*LAYER;
+        let x = layer.x.narrow(0, 0, tokens).expect("rows");
+        let run_layer = || {
+            let routing = layer.gate.route(&x).expect("route");
+            LocalDispatch
+                .routed(0, &x, &routing, &layer.experts)
+                .expect("experts")
+        };
+        run_layer();
+        let (mut mm, mut moe, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..PAIRED_SAMPLES {
+            let t = Instant::now();
+            divan::black_box(a.matmul(&b).expect("matmul"));
+            let g_mm = mm_flops / t.elapsed().as_secs_f64() / 1e9;
+            let t = Instant::now();
+            divan::black_box(run_layer());
+            let g_moe = expert_flops_f64(tokens) / t.elapsed().as_secs_f64() / 1e9;
+            mm.push(g_mm);
+            moe.push(g_moe);
+            ratio.push(g_moe / g_mm);
+        }
+        println!(
+            "{tokens:6}  {:17.1}  {:14.1}  {:5.2}",
+            median(moe),
+            median(mm),
+            median(ratio)
+        );
+    }
+}
+
+const PAIRED_SAMPLES: usize = 9;
+
+fn expert_flops_f64(tokens: usize) -> f64 {
+    (2 * tokens * TOP_K * 3 * HIDDEN * FFN) as f64
 }
 
 #[divan::bench(sample_count = 30, max_time = 2)]

@@ -145,6 +145,8 @@ impl SchedState {
             // Block for work only when there is nothing to step.
             if self.running.is_empty() && (self.waiting.is_empty() || self.decode.broken.is_some())
             {
+                // Idle: the gauges must show the empty state, not the last step's.
+                self.publish_gauges();
                 self.finish_drains();
                 match rx.recv().await {
                     Some(cmd) => self.handle(cmd),
@@ -396,7 +398,7 @@ impl SchedState {
                 continue;
             };
             let plen = r.req.prompt.len();
-            let sampling = (!r.sampling_sent).then(|| pb::WorkerSampling {
+            let sampling = (!r.sampling_sent).then_some(pb::WorkerSampling {
                 temperature: r.req.sampling.temperature,
                 top_p: r.req.sampling.top_p,
                 top_k: r.req.sampling.top_k,

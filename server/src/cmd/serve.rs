@@ -125,6 +125,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         num_experts: shape.num_experts as u32,
         experts_per_token: shape.experts_per_token as u32,
     };
+    // Before anything records: metric handles taken without a recorder record nothing.
+    let _metrics = moeflow_frontend::install_recorder();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -51,6 +51,17 @@ pub struct Args {
     /// A peer silent for this long is declared dead and the step fails (milliseconds).
     #[arg(long, default_value_t = 3000)]
     pub peer_timeout_ms: u64,
+    /// Activation transport between ranks: `tcp` (default, CPUs, across hosts) or `nccl`
+    /// (GPUs; needs a build with the `nccl` feature and libnccl at run time).
+    #[arg(long, default_value = "tcp")]
+    pub comm: String,
+    /// CUDA device ordinal of this rank for `--comm nccl`.
+    #[arg(long, default_value_t = 0)]
+    pub nccl_device: usize,
+    /// Exit when standard input closes: set by launchers that keep the write end, so a
+    /// worker never outlives the process that started it.
+    #[arg(long)]
+    pub exit_on_stdin_eof: bool,
     /// KV cache capacity in blocks of 16 tokens (allocated as used).
     #[arg(long, default_value_t = 8192)]
     pub kv_blocks: usize,
@@ -59,6 +70,16 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.exit_on_stdin_eof {
+        std::thread::spawn(|| {
+            use std::io::Read;
+            let mut buf = [0u8; 64];
+            let mut stdin = std::io::stdin();
+            while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
+            tracing::warn!("the launcher went away (stdin closed); exiting");
+            std::process::exit(1);
+        });
+    }
     let (device, dtype) = args.device.resolve()?;
     let config = ModelConfig::from_dir(&args.model)?;
     let shape = config.shape();
@@ -90,7 +111,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             address,
             requested_rank: args.rank,
             identity: identity.clone(),
-            want_nccl_id: false,
+            want_nccl_id: args.comm == "nccl",
         },
         Duration::from_secs(60),
     )?;
@@ -116,21 +137,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             experts: Some(&filter),
         },
     )?;
-    let cfg = TcpConfig {
-        peer_timeout: Duration::from_millis(args.peer_timeout_ms),
-        heartbeat_interval: Duration::from_millis((args.peer_timeout_ms / 6).max(50)),
-        ..TcpConfig::default()
-    };
-    let comm = TcpComm::connect(
-        listener,
-        rank,
-        membership.peers.clone(),
-        identity.clone(),
-        cfg,
-    )?;
-    let dispatch = EpDispatch::new(comm, &plan)?;
     let kv = model.kv_cache(moeflow_worker::generate::BLOCK_SIZE, args.kv_blocks);
-    let engine = EngineHandle::spawn(Engine::new(model, kv, dispatch));
+    let engine = match args.comm.as_str() {
+        "tcp" => {
+            let cfg = TcpConfig {
+                peer_timeout: Duration::from_millis(args.peer_timeout_ms),
+                heartbeat_interval: Duration::from_millis((args.peer_timeout_ms / 6).max(50)),
+                ..TcpConfig::default()
+            };
+            let comm = TcpComm::connect(
+                listener,
+                rank,
+                membership.peers.clone(),
+                identity.clone(),
+                cfg,
+            )?;
+            EngineHandle::spawn(Engine::new(model, kv, EpDispatch::new(comm, &plan)?))
+        }
+        "nccl" => nccl_engine(model, kv, &plan, &membership, args.nccl_device)?,
+        other => bail!("--comm: unknown backend `{other}` (tcp, nccl)"),
+    };
     let (service, mut shutdown) = WorkerService::new(
         engine,
         rank as u32,
@@ -167,4 +193,34 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     })?;
     tracing::info!(rank, "worker stopped");
     Ok(())
+}
+
+#[cfg(feature = "nccl")]
+fn nccl_engine(
+    model: moeflow_worker::model::Transformer,
+    kv: moeflow_worker::kv_cache::KvCache,
+    plan: &PlacementPlan,
+    membership: &moeflow_comm::bootstrap::Membership,
+    device: usize,
+) -> anyhow::Result<EngineHandle> {
+    let id = membership
+        .nccl_unique_id
+        .context("the coordinator handed out no NCCL unique id")?;
+    let comm = moeflow_comm::NcclComm::new(membership.rank, membership.world_size, id, device)?;
+    Ok(EngineHandle::spawn(Engine::new(
+        model,
+        kv,
+        EpDispatch::new(comm, plan)?,
+    )))
+}
+
+#[cfg(not(feature = "nccl"))]
+fn nccl_engine(
+    _model: moeflow_worker::model::Transformer,
+    _kv: moeflow_worker::kv_cache::KvCache,
+    _plan: &PlacementPlan,
+    _membership: &moeflow_comm::bootstrap::Membership,
+    _device: usize,
+) -> anyhow::Result<EngineHandle> {
+    bail!("--comm nccl: this binary was built without the `nccl` feature (cargo build --features nccl)")
 }

@@ -187,7 +187,7 @@ impl LayerExperts {
             .collect();
 
         // Gather the input rows in sorted order; Llama-4 scales them by the routing weight.
-        let mut gathered = vec![0f32; n * h];
+        let mut gathered = kernels::Scratch::take(n * h);
         let gather = |(p, dst): (usize, &mut [f32])| {
             let a = &assignments[order[p]];
             let src = &xs[a.row as usize * h..(a.row as usize + 1) * h];
@@ -308,5 +308,127 @@ impl ExpertSet {
 
     pub fn layers(&self) -> impl Iterator<Item = &LayerExperts> {
         self.layers.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::DType;
+
+    fn layer(dtype: DType) -> LayerExperts {
+        let (h, f, e) = (16, 24, 5);
+        let dev = Device::Cpu;
+        let mut set = LayerExperts::new(3, e + 1, h);
+        // Expert `e` (the last id) stays unhosted.
+        for id in 0..e {
+            let gu: Vec<f32> = (0..h * 2 * f)
+                .map(|i| (((i * 31 + id * 7) % 19) as f32 - 9.0) * 0.03)
+                .collect();
+            let d: Vec<f32> = (0..f * h)
+                .map(|i| (((i * 17 + id * 3) % 13) as f32 - 6.0) * 0.04)
+                .collect();
+            let ffn = SwiGlu::from_input_major(
+                Tensor::from_vec(gu, (h, 2 * f), &dev)
+                    .and_then(|t| t.to_dtype(dtype))
+                    .unwrap(),
+                Tensor::from_vec(d, (f, h), &dev)
+                    .and_then(|t| t.to_dtype(dtype))
+                    .unwrap(),
+            )
+            .unwrap();
+            set.insert(id as u32, ffn);
+        }
+        set
+    }
+
+    fn input(rows: usize) -> Tensor {
+        let x: Vec<f32> = (0..rows * 16)
+            .map(|i| ((i % 29) as f32 - 14.0) * 0.07)
+            .collect();
+        Tensor::from_vec(x, (rows, 16), &Device::Cpu).unwrap()
+    }
+
+    /// Unordered assignments, repeated rows, a row without assignments, one expert with
+    /// most rows: the fast path agrees with the candle path for both weight applications.
+    #[test]
+    fn f32_path_matches_candle_path() {
+        let set = layer(DType::F32);
+        let rows = 40;
+        let x = input(rows);
+        let mut asg = Vec::new();
+        for r in (0..rows as u32).rev().filter(|&r| r != 7) {
+            asg.push(Assignment {
+                row: r,
+                expert: 0,
+                weight: 0.3,
+            });
+            asg.push(Assignment {
+                row: r,
+                expert: (r * 3) % 5,
+                weight: 0.1 + r as f32 * 0.01,
+            });
+            if r % 4 == 0 {
+                asg.push(Assignment {
+                    row: r,
+                    expert: 4,
+                    weight: -0.5,
+                });
+            }
+        }
+        for apply in [WeightApplication::Output, WeightApplication::Input] {
+            let fast = set.compute(&x, &asg, apply, rows).unwrap();
+            let slow = set.compute_candle(&x, &asg, apply, rows).unwrap();
+            let (fast, slow) = (
+                fast.to_vec2::<f32>().unwrap(),
+                slow.to_vec2::<f32>().unwrap(),
+            );
+            assert!(fast[7].iter().all(|&v| v == 0.0));
+            for (r, (a, b)) in fast.iter().zip(&slow).enumerate() {
+                for (c, (a, b)) in a.iter().zip(b).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-5,
+                        "{apply:?} row {r} col {c}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_takes_the_candle_path_and_errors_name_the_problem() {
+        let set = layer(DType::BF16);
+        let x = input(3).to_dtype(DType::BF16).unwrap();
+        let asg = [Assignment {
+            row: 2,
+            expert: 1,
+            weight: 1.0,
+        }];
+        let y = set.compute(&x, &asg, WeightApplication::Output, 3).unwrap();
+        assert_eq!((y.dims(), y.dtype()), (&[3, 16][..], DType::BF16));
+
+        let f32s = layer(DType::F32);
+        let x = input(3);
+        let unhosted = [Assignment {
+            row: 0,
+            expert: 5,
+            weight: 1.0,
+        }];
+        assert!(matches!(
+            f32s.compute(&x, &unhosted, WeightApplication::Output, 3),
+            Err(ModelError::ExpertNotHosted {
+                layer: 3,
+                expert: 5
+            })
+        ));
+        let out_of_range = [Assignment {
+            row: 3,
+            expert: 0,
+            weight: 1.0,
+        }];
+        let err = f32s
+            .compute(&x, &out_of_range, WeightApplication::Output, 3)
+            .unwrap_err();
+        assert!(err.to_string().contains("row 3"), "{err}");
     }
 }

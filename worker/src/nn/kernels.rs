@@ -2,13 +2,18 @@
 //! SwiGLU feed-forward blocks.
 //!
 //! Why not candle's ops: candle's CPU matmul hands every product, however small, to `gemm`
-//! with gemm's own multi-threading, and each op allocates its result. A MoE layer is many
+//! with gemm's own multi-threading, and every op allocates its result. A MoE layer is many
 //! small products (one per busy expert), where that threading is poor and the allocations
-//! and copies between ops cost as much as the arithmetic; and at batch 1 gemm's
-//! matrix-vector path runs on one thread, so the LM head and projections use half the
-//! memory bandwidth of a 2-core machine. These kernels call the same `gemm` single-threaded
-//! on blocks of the output and spread the blocks over rayon, fusing the SwiGLU activation
-//! and the routing weight in between.
+//! and copies between ops cost as much as the arithmetic. Measured on the layer
+//! (hidden 1024, 64 experts, top-8), the candle path reached 4-30% of the machine's matmul
+//! rate; these kernels reach 55-65% from 256 tokens up (BENCHMARKS.md).
+//!
+//! What they do instead: each product is split into (row group, column block) tasks spread
+//! over rayon, each run single-threaded by the kernel that suits its shape (see
+//! [`matmul_block`]): gemm's own matrix-vector code for one row, streaming AVX2 kernels for
+//! a few rows (bound by reading the weights), gemm on packed column panels for a few dozen
+//! rows, plain gemm above. The SwiGLU activation and the routing weight are fused in
+//! between the two projections.
 //!
 //! Every entry point returns `None` when its inputs are not contiguous f32 CPU tensors; the
 //! callers then use candle ops (bf16, CUDA).
@@ -67,9 +72,9 @@ pub(crate) struct OutPtr {
     len: usize,
 }
 
-// SAFETY: an `OutPtr` is only written through `gemm_block`, whose contract makes every
-// concurrent caller write a disjoint block; the buffer outlives the tasks (it is borrowed
-// mutably by the function that spawns them).
+// SAFETY: an `OutPtr` is only written through `gemm_block` and `matmul_block`, whose
+// contracts make every concurrent caller write a disjoint block; the buffer outlives the
+// tasks (it is borrowed mutably by the function that spawns them).
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
@@ -82,7 +87,25 @@ impl OutPtr {
     }
 }
 
-/// A read-only row-major matrix view: element `(i, j)` is `data[i * rs + j * cs]`.
+/// The destination of one block of a product: rows start at `off`, `rs` apart, in `out`.
+#[derive(Clone, Copy)]
+pub(crate) struct Dst {
+    pub out: OutPtr,
+    pub off: usize,
+    pub rs: usize,
+}
+
+impl Dst {
+    /// The same destination, `cols` columns further right.
+    fn right(self, cols: usize) -> Self {
+        Self {
+            off: self.off + cols,
+            ..self
+        }
+    }
+}
+
+/// A read-only matrix view: element `(i, j)` is `data[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
 pub(crate) struct MatRef<'a> {
     pub data: &'a [f32],
@@ -90,16 +113,13 @@ pub(crate) struct MatRef<'a> {
     pub cs: usize,
 }
 
-/// Single-threaded `dst[off + i * dst_rs + j] = sum_l lhs(i, l) * rhs(l, j)` for `i < m`,
-/// `j < n`, `l < k`.
+/// Single-threaded `dst(i, j) = sum_l lhs(i, l) * rhs(l, j)` for `i < m`, `j < n`, `l < k`.
 ///
 /// # Safety
-/// No other thread may read or write the `m x n` block of `dst` at `off` (row stride
-/// `dst_rs`) during the call. Bounds are checked here.
+/// No other thread may read or write the `m x n` destination block during the call.
+/// Bounds are checked here.
 pub(crate) unsafe fn gemm_block(
-    dst: OutPtr,
-    off: usize,
-    dst_rs: usize,
+    dst: Dst,
     m: usize,
     n: usize,
     k: usize,
@@ -109,14 +129,15 @@ pub(crate) unsafe fn gemm_block(
     if m == 0 || n == 0 {
         return;
     }
+    let Dst { out, off, rs } = dst;
     assert!(
-        off + (m - 1) * dst_rs + n <= dst.len,
+        (m == 1 || rs >= n) && off + (m - 1) * rs + n <= out.len,
         "gemm_block: dst out of bounds"
     );
     if k == 0 {
         for i in 0..m {
             // SAFETY: in bounds (checked above) and exclusively ours (contract).
-            unsafe { std::slice::from_raw_parts_mut(dst.ptr.add(off + i * dst_rs), n) }.fill(0.0);
+            unsafe { std::slice::from_raw_parts_mut(out.ptr.add(off + i * rs), n) }.fill(0.0);
         }
         return;
     }
@@ -136,9 +157,53 @@ pub(crate) unsafe fn gemm_block(
             m,
             n,
             k,
-            dst.ptr.add(off),
+            out.ptr.add(off),
             1,
-            dst_rs as isize,
+            rs as isize,
+            false,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// Single-threaded `tmp[j * m + i] = sum_l lhs(i, l) * rhs(l, j)`: the product in
+/// column-major order, which lets gemm run its micro-kernel on `rhs` without walking it
+/// down column strips.
+fn gemm_colmajor(tmp: &mut [f32], m: usize, n: usize, k: usize, lhs: MatRef<'_>, rhs: MatRef<'_>) {
+    if m == 0 || n == 0 || k == 0 {
+        tmp[..m * n].fill(0.0);
+        return;
+    }
+    assert!(tmp.len() >= m * n, "gemm_colmajor: tmp too small");
+    assert!(
+        (m - 1) * lhs.rs + (k - 1) * lhs.cs < lhs.data.len(),
+        "gemm_colmajor: lhs out of bounds"
+    );
+    assert!(
+        (k - 1) * rhs.rs + (n - 1) * rhs.cs < rhs.data.len(),
+        "gemm_colmajor: rhs out of bounds"
+    );
+    // SAFETY: every index gemm touches is within the extents checked above, and `tmp` is
+    // borrowed exclusively; with `read_dst = false` gemm only writes it.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            tmp.as_mut_ptr(),
+            m as isize,
+            1,
             false,
             lhs.data.as_ptr(),
             lhs.cs as isize,
@@ -161,21 +226,29 @@ pub(crate) unsafe fn gemm_block(
 /// gemm packs output-major weights before using them.
 const SMALL_M: usize = 16;
 
-/// Up to this many rows, products with input-major weights run on the streaming axpy
-/// kernel; up to [`PACK_M`], on `gemm` with the weights packed into column panels first;
-/// above, on `gemm` directly. Unpacked, gemm walks an input-major matrix down narrow column
-/// strips, one row (often one page) apart per step, which the prefetchers do not follow:
-/// measured at about half the packed rate for 16-32 rows; from about 64 rows the packing
-/// costs more than it saves. The axpy kernel is bound by its output stores beyond a few rows.
+/// Products with input-major weights, by number of rows `m` (single-thread rates measured
+/// for a `1024 x 1024` weight on this machine, BENCHMARKS.md):
+///
+/// - `m <= AXPY_M`: the streaming axpy kernel (bound by reading the weights; beyond a few
+///   rows it is bound by its output stores instead);
+/// - `m <= COLMAJOR_M`: gemm into a column-major scratch, transposed into place (gemm's
+///   row-major path walks an input-major matrix down narrow column strips, one row, often
+///   one page, apart per step, which the prefetchers do not follow: 27 vs 60 GFLOP/s at 16
+///   rows, 35 vs 71 at 32);
+/// - `m <= PACK_M`: gemm on weights packed into column panels first (72 vs 58 GFLOP/s at 48
+///   rows);
+/// - above: gemm directly (from about 64 rows packing costs more than it saves).
 const AXPY_M: usize = 4;
+const COLMAJOR_M: usize = 32;
 const PACK_M: usize = 48;
 
 /// Width of the column panels input-major weights are packed into (`k x PANEL` floats).
 const PANEL: usize = 64;
 
 thread_local! {
-    /// Per-thread panel buffer of [`matmul_block`], reused across calls.
-    static PANEL_BUF: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Per-thread scratch of [`matmul_block`] (packed panels, column-major results), reused
+    /// across calls.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[inline(always)]
@@ -301,7 +374,15 @@ unsafe fn rows_dot_avx2(
             } else {
                 0..0
             };
-            let t = (j, i, k, x, w, w_rs, pf);
+            let t = Tile {
+                j,
+                i,
+                k,
+                x,
+                w,
+                w_rs,
+                pf,
+            };
             // SAFETY (all arms): rows j..j+nb of w and i..i+mb of x are in bounds (asserted
             // above); the CPU has AVX2 and FMA (this function's contract).
             unsafe {
@@ -323,19 +404,36 @@ unsafe fn rows_dot_avx2(
     }
 }
 
+/// Where one tile of [`rows_dot_avx2`] starts: weight row `j`, input row `i`, `k` long;
+/// weight rows `pf` are prefetched along the way.
+#[cfg(target_arch = "x86_64")]
+struct Tile<'a> {
+    j: usize,
+    i: usize,
+    k: usize,
+    x: MatRef<'a>,
+    w: &'a [f32],
+    w_rs: usize,
+    pf: Range<usize>,
+}
+
 /// One `NB x MB` tile of [`rows_dot_avx2`]: `out[i + c][j + r] = dot(w row j + r, x row i + c)`.
-///
-/// Rows `pf` of `w` are prefetched along the way.
 ///
 /// # Safety
 /// AVX2 and FMA available; rows `j..j + NB` of `w` and `i..i + MB` of `x` hold `k` floats.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn dot_tile<const NB: usize, const MB: usize>(
-    (j, i, k, x, w, w_rs, pf): (usize, usize, usize, MatRef<'_>, &[f32], usize, Range<usize>),
-    out: &mut [&mut [f32]],
-) {
+unsafe fn dot_tile<const NB: usize, const MB: usize>(t: Tile<'_>, out: &mut [&mut [f32]]) {
+    let Tile {
+        j,
+        i,
+        k,
+        x,
+        w,
+        w_rs,
+        pf,
+    } = t;
     use std::arch::x86_64::*;
     let k8 = k / 8 * 8;
     let (wp, xp) = (w.as_ptr(), x.data.as_ptr());
@@ -391,55 +489,86 @@ fn has_avx2_fma() -> bool {
 }
 
 /// Which way the weight operand of a product is stored.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum WeightLayout {
-    /// `w[l, c]` at `l * rs + c`: input-major (SwiGLU `gate_up` and `down`).
+    /// `w(l, c)` at `l * rs + c`: input-major (SwiGLU `gate_up` and `down`).
     InputMajor,
-    /// `w[l, c]` at `c * rs + l`: output-major, as published (`Linear`).
+    /// `w(l, c)` at `c * rs + l`: output-major, as published (`Linear`).
     OutputMajor,
 }
 
-/// `dst[off + i * dst_rs + j] = sum_l x(i, l) * w(l, j)` for `i < m`, `j < n`, `l < k`,
-/// single-threaded: streaming kernels for few rows, `gemm` otherwise. `w` starts at the
-/// block's first column; `w_rs` is its stride between rows (input-major) or columns
-/// (output-major).
+/// The weight operand of a product, starting at the block's first column.
+#[derive(Clone, Copy)]
+pub(crate) struct Weights<'a> {
+    pub data: &'a [f32],
+    /// Stride between rows (input-major) or columns (output-major).
+    pub rs: usize,
+    pub layout: WeightLayout,
+}
+
+/// `dst(i, j) = sum_l x(i, l) * w(l, j)` for `i < m`, `j < n`, `l < k`, single-threaded,
+/// by the kernel that suits the shape:
+///
+/// - one row: gemm's matrix-vector code (streams the weights at full bandwidth);
+/// - output-major weights, up to [`SMALL_M`] rows: the tiled AVX2 dot kernel;
+/// - input-major weights, up to [`AXPY_M`] rows: the streaming axpy kernel;
+/// - input-major weights, up to [`COLMAJOR_M`] rows: gemm into a column-major scratch;
+/// - input-major weights, up to [`PACK_M`] rows: gemm on weights packed into panels;
+/// - otherwise: gemm.
 ///
 /// # Safety
 /// As [`gemm_block`]: no other thread may touch the destination block during the call.
-#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn matmul_block(
-    dst: OutPtr,
-    off: usize,
-    dst_rs: usize,
+    dst: Dst,
     m: usize,
     n: usize,
     k: usize,
     x: MatRef<'_>,
-    w: &[f32],
-    w_rs: usize,
-    layout: WeightLayout,
+    w: Weights<'_>,
 ) {
     if m == 0 || n == 0 {
         return;
     }
-    let rhs = match layout {
+    let rhs = match w.layout {
         WeightLayout::InputMajor => MatRef {
-            data: w,
-            rs: w_rs,
+            data: w.data,
+            rs: w.rs,
             cs: 1,
         },
         WeightLayout::OutputMajor => MatRef {
-            data: w,
+            data: w.data,
             rs: 1,
-            cs: w_rs,
+            cs: w.rs,
         },
     };
-    if k > 0 && m > AXPY_M && m <= PACK_M && layout == WeightLayout::InputMajor {
+    let input_major = w.layout == WeightLayout::InputMajor;
+    if k > 0 && m > AXPY_M && m <= COLMAJOR_M && input_major {
+        let Dst { out, off, rs } = dst;
         assert!(
-            (k - 1) * w_rs + n <= w.len(),
+            rs >= n && off + (m - 1) * rs + n <= out.len,
+            "matmul_block: dst out of bounds"
+        );
+        return SCRATCH.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            buf.resize(m * n, 0.0);
+            // tmp(i, j) at j * m + i.
+            gemm_colmajor(&mut buf[..m * n], m, n, k, x, rhs);
+            for i in 0..m {
+                // SAFETY: row i of the block is in bounds (checked) and exclusively ours
+                // (contract).
+                let row = unsafe { std::slice::from_raw_parts_mut(out.ptr.add(off + i * rs), n) };
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v = buf[j * m + i];
+                }
+            }
+        });
+    }
+    if k > 0 && m > COLMAJOR_M && m <= PACK_M && input_major {
+        assert!(
+            (k - 1) * w.rs + n <= w.data.len(),
             "matmul_block: w out of bounds"
         );
-        return PANEL_BUF.with(|buf| {
+        return SCRATCH.with(|buf| {
             let mut buf = buf.borrow_mut();
             buf.resize(k * PANEL, 0.0);
             let mut p0 = 0;
@@ -447,7 +576,7 @@ pub(crate) unsafe fn matmul_block(
                 let pw = PANEL.min(n - p0);
                 for l in 0..k {
                     buf[l * pw..(l + 1) * pw]
-                        .copy_from_slice(&w[l * w_rs + p0..l * w_rs + p0 + pw]);
+                        .copy_from_slice(&w.data[l * w.rs + p0..l * w.rs + p0 + pw]);
                 }
                 let packed = MatRef {
                     data: &buf[..k * pw],
@@ -455,51 +584,51 @@ pub(crate) unsafe fn matmul_block(
                     cs: 1,
                 };
                 // SAFETY: columns p0..p0 + pw of our block (forwarded contract).
-                unsafe { gemm_block(dst, off + p0, dst_rs, m, pw, k, x, packed) };
+                unsafe { gemm_block(dst.right(p0), m, pw, k, x, packed) };
                 p0 += pw;
             }
         });
     }
-    if m > SMALL_M || k == 0 || x.cs != 1 && layout == WeightLayout::OutputMajor {
-        // (Input-major weights only get here above PACK_M rows.)
+    if m == 1 || k == 0 || (input_major && m > AXPY_M) || m > SMALL_M || x.cs != 1 {
         // SAFETY: forwarded contract.
-        return unsafe { gemm_block(dst, off, dst_rs, m, n, k, x, rhs) };
+        return unsafe { gemm_block(dst, m, n, k, x, rhs) };
     }
+    let Dst { out, off, rs } = dst;
     assert!(
-        (m == 1 || dst_rs >= n) && off + (m - 1) * dst_rs + n <= dst.len,
+        rs >= n && off + (m - 1) * rs + n <= out.len,
         "matmul_block: dst out of bounds"
     );
     assert!(
-        (m - 1) * x.rs + (k - 1) * x.cs < x.data.len(),
+        (m - 1) * x.rs + k <= x.data.len(),
         "matmul_block: x out of bounds"
     );
     assert!(
-        (k - 1) * rhs.rs + (n - 1) * rhs.cs < w.len(),
+        (k - 1) * rhs.rs + (n - 1) * rhs.cs < w.data.len(),
         "matmul_block: w out of bounds"
     );
-    let mut out: Vec<&mut [f32]> = (0..m)
+    let mut rows: Vec<&mut [f32]> = (0..m)
         // SAFETY: each row of the block is in bounds (checked) and exclusively ours
-        // (contract); the rows do not overlap (`dst_rs >= n` for a row-major destination).
-        .map(|i| unsafe { std::slice::from_raw_parts_mut(dst.ptr.add(off + i * dst_rs), n) })
+        // (contract); the rows do not overlap (`rs >= n`).
+        .map(|i| unsafe { std::slice::from_raw_parts_mut(out.ptr.add(off + i * rs), n) })
         .collect();
-    let out = &mut out[..];
+    let rows = &mut rows[..];
     let avx2 = has_avx2_fma();
-    match layout {
+    match w.layout {
         WeightLayout::InputMajor => {
             #[cfg(target_arch = "x86_64")]
             if avx2 {
                 // SAFETY: the CPU has AVX2 and FMA (checked at run time).
-                return unsafe { rows_axpy_avx2(n, k, x, w, w_rs, out) };
+                return unsafe { rows_axpy_avx2(n, k, x, w.data, w.rs, rows) };
             }
-            rows_axpy_body::<false>(n, k, x, w, w_rs, out)
+            rows_axpy_body::<false>(n, k, x, w.data, w.rs, rows)
         }
         WeightLayout::OutputMajor => {
             #[cfg(target_arch = "x86_64")]
             if avx2 {
                 // SAFETY: as above.
-                return unsafe { rows_dot_avx2(n, k, x, w, w_rs, out) };
+                return unsafe { rows_dot_avx2(n, k, x, w.data, w.rs, rows) };
             }
-            rows_dot_body::<false>(n, k, x, w, w_rs, out)
+            rows_dot_body::<false>(n, k, x, w.data, w.rs, rows)
         }
     }
 }
@@ -535,6 +664,69 @@ pub(crate) fn exp(x: f32) -> f32 {
     }
 }
 
+thread_local! {
+    /// Large buffers of the calling thread's MoE layers, kept between layers and steps.
+    static POOL: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The pool keeps at most this many floats (64 MiB) per thread.
+const POOL_MAX_FLOATS: usize = 1 << 24;
+
+/// A scratch buffer from the calling thread's pool, returned to it on drop. A fresh
+/// allocation of tens of megabytes costs a page fault per 4 KiB on first touch (8% of a
+/// 1024-token MoE layer, by perf); reused buffers are already mapped. Contents are
+/// unspecified: users write before they read.
+pub(crate) struct Scratch(Vec<f32>);
+
+impl Scratch {
+    pub(crate) fn take(len: usize) -> Self {
+        let mut v = POOL
+            .with(|p| {
+                let mut p = p.borrow_mut();
+                let best = (0..p.len()).max_by_key(|&i| p[i].capacity())?;
+                Some(p.swap_remove(best))
+            })
+            .unwrap_or_default();
+        v.resize(len, 0.0);
+        Scratch(v)
+    }
+
+    /// The buffer, leaving the pool for good (it becomes a tensor's storage).
+    pub(crate) fn into_inner(mut self) -> Vec<f32> {
+        std::mem::take(&mut self.0)
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Scratch {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        if v.capacity() == 0 {
+            return;
+        }
+        // `try_with`: during thread teardown the pool may be gone; then the buffer is freed.
+        let _ = POOL.try_with(|p| {
+            let mut p = p.borrow_mut();
+            let held: usize = p.iter().map(Vec::capacity).sum();
+            if held + v.capacity() <= POOL_MAX_FLOATS {
+                p.push(v);
+            }
+        });
+    }
+}
+
 /// Splits `0..n` into `parts` column blocks (at least [`MIN_BLOCK_COLS`] wide, multiples of
 /// 16 so that block edges fall on SIMD boundaries).
 fn col_blocks(n: usize, parts: usize) -> Vec<Range<usize>> {
@@ -565,27 +757,24 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor) -> Option<Vec<f32>> {
                 cs: 1,
             };
             let run = |c: &Range<usize>| {
-                // SAFETY: each task writes columns `c` of `y`, disjoint from the others.
-                unsafe {
-                    matmul_block(
-                        out,
-                        c.start,
-                        n,
-                        m,
-                        c.len(),
-                        k,
-                        lhs,
-                        &ws[c.start * k..],
-                        k,
-                        WeightLayout::OutputMajor,
-                    )
+                let dst = Dst {
+                    out,
+                    off: c.start,
+                    rs: n,
                 };
+                let w = Weights {
+                    data: &ws[c.start * k..],
+                    rs: k,
+                    layout: WeightLayout::OutputMajor,
+                };
+                // SAFETY: each task writes columns `c` of `y`, disjoint from the others.
+                unsafe { matmul_block(dst, m, c.len(), k, lhs, w) };
             };
             if m * n * k < SERIAL_MACS {
                 run(&(0..n));
             } else {
-                // Small m is bandwidth-bound (one block per thread streams its share of w);
-                // large m gets more blocks for balance.
+                // Few rows are bandwidth-bound (one block per thread streams its share of
+                // w); more rows get more blocks for balance.
                 let threads = rayon::current_num_threads();
                 let parts = if m <= 16 { threads } else { 2 * threads };
                 col_blocks(n, parts).par_iter().for_each(run);
@@ -642,7 +831,9 @@ fn silu_mul(g: &mut [f32], u: &[f32], s: f32) {
 
 /// SwiGLU over groups of rows: for each group, rows `rows` of `x [A, hidden]` go through its
 /// block, and row `r` of the result `[A, hidden]` is scaled by `scale[r]` when given (applied
-/// to the activation before the down projection, which is the same by linearity).
+/// to the activation before the down projection, which is the same by linearity). `A` is
+/// the largest row end; the groups must cover `0..A` (rows outside every group come back
+/// unspecified).
 ///
 /// Work is split into (group, column block) tasks so that both many small groups (routed
 /// experts at large batch) and one big group (a dense MLP, one busy expert) keep every
@@ -653,11 +844,12 @@ pub(crate) fn grouped_swiglu(
     hidden: usize,
     ffn: usize,
     scale: Option<&[f32]>,
-) -> Vec<f32> {
+) -> Scratch {
     let a = groups.iter().map(|g| g.rows.end).max().unwrap_or(0);
     let (h, f2) = (hidden, 2 * ffn);
-    let mut act = vec![0f32; a * f2];
-    let mut y = vec![0f32; a * h];
+    // Every element of both is written below: each (row, column) by exactly one task.
+    let mut act = Scratch::take(a * f2);
+    let mut y = Scratch::take(a * h);
     if a == 0 {
         return y;
     }
@@ -665,7 +857,8 @@ pub(crate) fn grouped_swiglu(
     let threads = rayon::current_num_threads();
     let serial = total_macs < SERIAL_MACS || threads == 1;
     // (group index, column block) tasks, biggest groups first for balance.
-    let tasks = |cols: usize| -> Vec<(usize, Range<usize>)> {
+    type Task = (usize, Range<usize>);
+    let tasks = |cols: usize| -> Vec<Task> {
         let mut order: Vec<usize> = (0..groups.len()).collect();
         order.sort_by_key(|&g| std::cmp::Reverse(groups[g].rows.len()));
         let mut t = Vec::new();
@@ -684,7 +877,7 @@ pub(crate) fn grouped_swiglu(
         }
         t
     };
-    let for_tasks = |t: Vec<(usize, Range<usize>)>, f: &(dyn Fn(&(usize, Range<usize>)) + Sync)| {
+    let for_tasks = |t: Vec<Task>, f: &(dyn Fn(&Task) + Sync)| {
         if serial {
             t.iter().for_each(f);
         } else {
@@ -701,21 +894,18 @@ pub(crate) fn grouped_swiglu(
             rs: h,
             cs: 1,
         };
-        // SAFETY: tasks cover disjoint (rows, columns) blocks of `act`.
-        unsafe {
-            matmul_block(
-                out,
-                gw.rows.start * f2 + c.start,
-                f2,
-                gw.rows.len(),
-                c.len(),
-                h,
-                lhs,
-                &gw.ffn.gate_up[c.start..],
-                f2,
-                WeightLayout::InputMajor,
-            )
+        let dst = Dst {
+            out,
+            off: gw.rows.start * f2 + c.start,
+            rs: f2,
         };
+        let w = Weights {
+            data: &gw.ffn.gate_up[c.start..],
+            rs: f2,
+            layout: WeightLayout::InputMajor,
+        };
+        // SAFETY: tasks cover disjoint (rows, columns) blocks of `act`.
+        unsafe { matmul_block(dst, gw.rows.len(), c.len(), h, lhs, w) };
     });
 
     // silu(gate) * up * scale, written over the gate half of each row.
@@ -740,21 +930,18 @@ pub(crate) fn grouped_swiglu(
             rs: f2,
             cs: 1,
         };
-        // SAFETY: tasks cover disjoint (rows, columns) blocks of `y`.
-        unsafe {
-            matmul_block(
-                out,
-                gw.rows.start * h + c.start,
-                h,
-                gw.rows.len(),
-                c.len(),
-                ffn,
-                lhs,
-                &gw.ffn.down[c.start..],
-                h,
-                WeightLayout::InputMajor,
-            )
+        let dst = Dst {
+            out,
+            off: gw.rows.start * h + c.start,
+            rs: h,
         };
+        let w = Weights {
+            data: &gw.ffn.down[c.start..],
+            rs: h,
+            layout: WeightLayout::InputMajor,
+        };
+        // SAFETY: tasks cover disjoint (rows, columns) blocks of `y`.
+        unsafe { matmul_block(dst, gw.rows.len(), c.len(), ffn, lhs, w) };
     });
     y
 }
@@ -797,6 +984,127 @@ mod tests {
             assert_eq!(b.first().map(|r| r.start), Some(0));
             assert_eq!(b.last().map(|r| r.end), Some(n));
             assert!(b.windows(2).all(|w| w[0].end == w[1].start));
+        }
+    }
+
+    /// Every kernel path of `matmul_block`, both layouts, into a strided, offset block;
+    /// small integer values make every summation order exact.
+    #[test]
+    fn matmul_block_matches_naive_on_every_path() {
+        for layout in [WeightLayout::InputMajor, WeightLayout::OutputMajor] {
+            for m in [1, 2, 3, 4, 5, 16, 17, 40, 49, 70] {
+                for (k, n) in [(1, 1), (13, 7), (64, 70), (9, 130)] {
+                    let x: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 7) as f32 - 3.0).collect();
+                    // w(l, c) for l < k, c < n, stored per layout with a padded stride.
+                    let wv = |l: usize, c: usize| ((l * 5 + c * 3) % 7) as f32 - 3.0;
+                    let (w, w_rs) = match layout {
+                        WeightLayout::InputMajor => {
+                            let rs = n + 5;
+                            let mut w = vec![0f32; k * rs];
+                            for l in 0..k {
+                                for c in 0..n {
+                                    w[l * rs + c] = wv(l, c);
+                                }
+                            }
+                            (w, rs)
+                        }
+                        WeightLayout::OutputMajor => {
+                            let rs = k + 3;
+                            let mut w = vec![0f32; n * rs];
+                            for c in 0..n {
+                                for l in 0..k {
+                                    w[c * rs + l] = wv(l, c);
+                                }
+                            }
+                            (w, rs)
+                        }
+                    };
+                    let wn: Vec<f32> = (0..k * n).map(|i| wv(i / n, i % n)).collect();
+                    let want = naive(m, n, k, &x, &wn);
+                    let (off, rs) = (2, n + 3);
+                    let mut buf = vec![f32::NAN; off + m * rs];
+                    let dst = Dst {
+                        out: OutPtr::new(&mut buf),
+                        off,
+                        rs,
+                    };
+                    let xm = MatRef {
+                        data: &x,
+                        rs: k,
+                        cs: 1,
+                    };
+                    let wr = Weights {
+                        data: &w,
+                        rs: w_rs,
+                        layout,
+                    };
+                    // SAFETY: single-threaded; the block is in bounds.
+                    unsafe { matmul_block(dst, m, n, k, xm, wr) };
+                    for i in 0..m {
+                        assert_eq!(
+                            &buf[off + i * rs..off + i * rs + n],
+                            &want[i * n..(i + 1) * n],
+                            "{layout:?} m={m} k={k} n={n} row {i}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn grouped_swiglu_matches_naive() {
+        let (h, f) = (24, 40);
+        let ffns: Vec<(Vec<f32>, Vec<f32>)> = (0..3)
+            .map(|e| {
+                let gu = (0..h * 2 * f)
+                    .map(|i| (((i * 31 + e * 7) % 17) as f32 - 8.0) * 0.02)
+                    .collect();
+                let d = (0..f * h)
+                    .map(|i| (((i * 13 + e * 5) % 11) as f32 - 5.0) * 0.03)
+                    .collect();
+                (gu, d)
+            })
+            .collect();
+        // Group sizes that take the single-row, axpy, packed and plain gemm paths.
+        let sizes = [1, 3, 20, 60];
+        let a: usize = sizes.iter().sum();
+        let x: Vec<f32> = (0..a * h)
+            .map(|i| ((i % 23) as f32 - 11.0) * 0.05)
+            .collect();
+        let scale: Vec<f32> = (0..a).map(|r| 0.5 + r as f32 * 0.01).collect();
+        let mut groups = Vec::new();
+        let mut start = 0;
+        for (g, &n) in sizes.iter().enumerate() {
+            let (gu, d) = &ffns[g % ffns.len()];
+            groups.push(GroupWork {
+                ffn: SwiGluRef {
+                    gate_up: gu,
+                    down: d,
+                },
+                rows: start..start + n,
+            });
+            start += n;
+        }
+        let got = grouped_swiglu(&x, &groups, h, f, Some(&scale));
+        for gw in &groups {
+            for r in gw.rows.clone() {
+                let xr = &x[r * h..(r + 1) * h];
+                let hid = naive(1, 2 * f, h, xr, gw.ffn.gate_up);
+                let act: Vec<f32> = (0..f)
+                    .map(|j| {
+                        let g = hid[j];
+                        g / (1.0 + (-g).exp()) * hid[f + j] * scale[r]
+                    })
+                    .collect();
+                let want = naive(1, h, f, &act, gw.ffn.down);
+                for (c, (a, b)) in got[r * h..(r + 1) * h].iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                        "row {r} col {c}: {a} vs {b}"
+                    );
+                }
+            }
         }
     }
 

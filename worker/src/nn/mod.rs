@@ -108,18 +108,15 @@ impl SwiGlu {
         hidden: usize,
         ffn: usize,
     ) -> Result<Self, WeightsError> {
-        let gate = ws.get(&format!("{prefix}.gate_proj.weight"), &[ffn, hidden])?;
-        let up = ws.get(&format!("{prefix}.up_proj.weight"), &[ffn, hidden])?;
-        let down = ws.get(&format!("{prefix}.down_proj.weight"), &[hidden, ffn])?;
-        let wrap = |source: candle_core::Error| WeightsError::Tensor {
-            name: format!("{prefix}.gate_proj/up_proj/down_proj"),
-            source,
-        };
-        let gate_up = Tensor::cat(&[&gate, &up], 0)
-            .and_then(|t| t.t())
-            .and_then(|t| t.contiguous())
-            .map_err(wrap)?;
-        let down = down.t().and_then(|t| t.contiguous()).map_err(wrap)?;
+        // Straight into the input-major layout, one allocation per weight (see
+        // `WeightStore::get_stacked_transposed`).
+        let (gate, up, down) = (
+            format!("{prefix}.gate_proj.weight"),
+            format!("{prefix}.up_proj.weight"),
+            format!("{prefix}.down_proj.weight"),
+        );
+        let gate_up = ws.get_stacked_transposed(&[&gate, &up], ffn, hidden)?;
+        let down = ws.get_stacked_transposed(&[&down], hidden, ffn)?;
         Ok(Self { gate_up, down, ffn })
     }
 
@@ -174,7 +171,7 @@ impl SwiGlu {
                         down: down.slice(),
                     };
                     let groups = [kernels::GroupWork { ffn, rows: 0..t }];
-                    Some(kernels::grouped_swiglu(xs, &groups, hidden, self.ffn, None))
+                    Some(kernels::grouped_swiglu(xs, &groups, hidden, self.ffn, None).into_inner())
                 })
                 .flatten();
                 if let Some(y) = fast {

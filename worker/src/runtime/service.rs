@@ -68,7 +68,7 @@ fn f32s_to_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 fn bytes_to_f32s(seq: u64, field: &str, b: &[u8]) -> Result<Vec<f32>, Status> {
-    if b.len() % 4 != 0 {
+    if !b.len().is_multiple_of(4) {
         return Err(Status::invalid_argument(format!(
             "sequence {seq}: {field} is not whole f32 values"
         )));
