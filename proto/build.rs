@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/moeflow/v1/generate.proto",
         "proto/moeflow/v1/group.proto",
         "proto/moeflow/v1/worker.proto",
+        "proto/moeflow/v1/registry.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

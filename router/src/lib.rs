@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod group;
+pub mod registry;
 pub mod scheduler;
 pub mod stats;
 

@@ -3,6 +3,7 @@
 
 mod cmd;
 mod launch;
+mod serving;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +27,8 @@ enum Command {
     Group(cmd::group::Args),
     /// Serve the OpenAI-compatible HTTP and gRPC APIs over local worker groups.
     Serve(cmd::serve::Args),
+    /// The router alone; workers started elsewhere join with `moeflow worker --router`.
+    Router(cmd::router::Args),
     /// Benchmark any OpenAI-compatible endpoint.
     Bench(cmd::bench::Args),
 }
@@ -39,6 +42,7 @@ fn main() -> anyhow::Result<()> {
         Command::Worker(args) => cmd::worker::run(args),
         Command::Group(args) => cmd::group::run(args),
         Command::Serve(args) => cmd::serve::run(args),
+        Command::Router(args) => cmd::router::run(args),
         Command::Bench(args) => cmd::bench::run(args),
     }
 }

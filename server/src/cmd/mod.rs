@@ -5,5 +5,6 @@ pub mod device;
 pub mod generate;
 pub mod group;
 pub mod init_model;
+pub mod router;
 pub mod serve;
 pub mod worker;

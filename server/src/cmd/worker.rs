@@ -27,9 +27,19 @@ pub struct Args {
     /// Checkpoint directory (Hugging Face layout).
     #[arg(long)]
     pub model: PathBuf,
-    /// gRPC URL of the group's coordinator (`moeflow group` or the router).
+    /// gRPC URL of the group's coordinator (as `moeflow group` starts workers).
+    #[arg(long, required_unless_present = "router")]
+    pub coordinator: Option<String>,
+    /// gRPC URL of a `moeflow router`'s registry: the worker asks it for its group's
+    /// coordinator and plan, and registers its control address there.
+    #[arg(long, conflicts_with = "coordinator", requires = "role")]
+    pub router: Option<String>,
+    /// The group to join through `--router`: `prefill` or `decode`.
     #[arg(long)]
-    pub coordinator: String,
+    pub role: Option<String>,
+    /// Host the router uses to reach this worker's control API (with `--router`).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub advertise_host: String,
     /// Placement plan (moeflow.placement/v1). Default: contiguous over --world-size ranks.
     #[arg(long)]
     pub plan: Option<PathBuf>,
@@ -87,26 +97,46 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         num_experts: shape.num_experts,
         moe_layers: shape.moe_layers.clone(),
     };
-    let plan = match (&args.plan, args.world_size) {
-        (Some(p), _) => {
+    // Through a router: ask it for the group's coordinator, plan and id.
+    let discovered = match (&args.router, &args.role) {
+        (Some(router), Some(role)) => Some(discover(router, role)?),
+        _ => None,
+    };
+    let plan = match (&discovered, &args.plan, args.world_size) {
+        (Some(d), _, _) => serde_json::from_str::<PlacementPlan>(&d.plan_json)
+            .context("the router's placement plan")
+            .and_then(|p| {
+                p.validate()
+                    .map(|_| p)
+                    .context("the router's placement plan")
+            })?,
+        (None, Some(p), _) => {
             PlacementPlan::from_file(p).with_context(|| format!("plan {}", p.display()))?
         }
-        (None, Some(n)) => PlacementPlan::contiguous(&target, n)?,
-        (None, None) => bail!("either --plan or --world-size (LWS_GROUP_SIZE) is required"),
+        (None, None, Some(n)) => PlacementPlan::contiguous(&target, n)?,
+        (None, None, None) => bail!("either --plan or --world-size (LWS_GROUP_SIZE) is required"),
     };
+    let coordinator = match (&discovered, &args.coordinator) {
+        (Some(d), _) => d.coordinator.clone(),
+        (None, Some(c)) => c.clone(),
+        (None, None) => bail!("either --coordinator or --router is required"),
+    };
+    let group_id = discovered
+        .as_ref()
+        .map_or_else(|| args.group_id.clone(), |d| d.group_id.clone());
     plan.check_target(&target)
         .context("the placement plan does not fit the model")?;
     let identity = GroupIdentity {
-        group_id: args.group_id.clone(),
+        group_id,
         model_fingerprint: model_fingerprint(&args.model)?,
         plan_version: plan.fingerprint(),
     };
     let listener = TcpListener::bind(&args.comm_listen)
         .with_context(|| format!("binding {}", args.comm_listen))?;
     let address = listener.local_addr()?.to_string();
-    tracing::info!(%address, coordinator = %args.coordinator, "joining group");
+    tracing::info!(%address, coordinator = %coordinator, "joining group");
     let membership = join_blocking(
-        &args.coordinator,
+        &coordinator,
         JoinRequest {
             address,
             requested_rank: args.rank,
@@ -174,6 +204,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("binding {}", args.control_listen))?;
         let addr = control.local_addr()?;
         println!("MOEFLOW_WORKER_READY rank={rank} control={addr}");
+        if let (Some(router), Some(role)) = (&args.router, &args.role) {
+            let control_address = format!("{}:{}", args.advertise_host, addr.port());
+            let mut client =
+                moeflow_proto::v1::registry_client::RegistryClient::connect(router.clone())
+                    .await
+                    .with_context(|| format!("reaching the router at {router}"))?;
+            client
+                .register(moeflow_proto::v1::RegisterRequest {
+                    role: role.clone(),
+                    rank: rank as u32,
+                    control_address,
+                })
+                .await
+                .with_context(|| format!("registering with the router at {router}"))?;
+        }
         use std::io::Write;
         std::io::stdout().flush()?;
         tonic::transport::Server::builder()
@@ -223,4 +268,37 @@ fn nccl_engine(
     _device: usize,
 ) -> anyhow::Result<EngineHandle> {
     bail!("--comm nccl: this binary was built without the `nccl` feature (cargo build --features nccl)")
+}
+
+/// Asks the router's registry which group a worker of `role` joins.
+fn discover(router: &str, role: &str) -> anyhow::Result<moeflow_proto::v1::DiscoverResponse> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut client = loop {
+            match moeflow_proto::v1::registry_client::RegistryClient::connect(router.to_string())
+                .await
+            {
+                Ok(c) => break c,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "router not reachable yet");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => {
+                    return Err(
+                        anyhow::Error::new(e).context(format!("reaching the router at {router}"))
+                    )
+                }
+            }
+        };
+        let r = client
+            .discover(moeflow_proto::v1::DiscoverRequest {
+                role: role.to_string(),
+            })
+            .await
+            .with_context(|| format!("asking the router at {router} for the {role} group"))?;
+        Ok(r.into_inner())
+    })
 }

@@ -1,0 +1,161 @@
+//! `moeflow router`: the router alone, for deployments whose workers run elsewhere (other
+//! hosts, Kubernetes pods). It hosts a bootstrap coordinator per group and a registry;
+//! `moeflow worker --router URL --role prefill|decode` finds its group there, joins it and
+//! registers its control address. Once every rank of both groups has registered, the router
+//! serves the HTTP and gRPC APIs as `moeflow serve` does.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use moeflow_comm::bootstrap::{Coordinator, CoordinatorConfig};
+use moeflow_comm::GroupIdentity;
+use moeflow_placement::{PlacementPlan, PlanTarget};
+use moeflow_router::registry::{GroupSlot, Registry};
+use moeflow_router::WorkerGroup;
+use moeflow_worker::config::{model_fingerprint, ModelConfig};
+
+use super::serve::{default_model_dir, ensure_default_model};
+use crate::serving::{model_facts, serve_until_signal, ServingArgs};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Checkpoint directory; every worker must load the same checkpoint (checked by
+    /// fingerprint). Default: the tiny default checkpoint of `moeflow serve`.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Ranks of the prefill group (0: aggregated mode).
+    #[arg(long, default_value_t = 2)]
+    prefill_workers: usize,
+    #[arg(long, default_value_t = 2)]
+    decode_workers: usize,
+    #[arg(long)]
+    prefill_placement: Option<PathBuf>,
+    #[arg(long)]
+    decode_placement: Option<PathBuf>,
+    /// Address the registry and the group coordinators bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind_host: String,
+    /// Host the workers use to reach the coordinators (this machine's address on their
+    /// network).
+    #[arg(long, default_value = "127.0.0.1")]
+    advertise_host: String,
+    /// Port of the registry workers contact (`moeflow worker --router`).
+    #[arg(long, default_value_t = 50052)]
+    registry_port: u16,
+    #[command(flatten)]
+    serving: ServingArgs,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.decode_workers == 0 {
+        bail!("--decode-workers must be at least 1");
+    }
+    let model = match &args.model {
+        Some(m) => m.clone(),
+        None => {
+            let d = default_model_dir();
+            ensure_default_model(&d)?;
+            d
+        }
+    };
+    let shape = ModelConfig::from_dir(&model)?.shape();
+    let target = PlanTarget {
+        num_experts: shape.num_experts,
+        moe_layers: shape.moe_layers.clone(),
+    };
+    let fingerprint = model_fingerprint(&model)?;
+    let (info, tokenizer) = model_facts(&model, args.serving.served_model_name.as_deref())?;
+    let _metrics = moeflow_frontend::install_recorder();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut roles = vec![("decode", args.decode_workers, args.decode_placement.clone())];
+    if args.prefill_workers > 0 {
+        roles.push((
+            "prefill",
+            args.prefill_workers,
+            args.prefill_placement.clone(),
+        ));
+    }
+    let mut slots = HashMap::new();
+    for (role, ranks, plan_path) in &roles {
+        let plan = match plan_path {
+            Some(p) => PlacementPlan::from_file(p)
+                .with_context(|| format!("{role} plan {}", p.display()))?,
+            None => PlacementPlan::contiguous(&target, *ranks)?,
+        };
+        plan.check_target(&target)
+            .with_context(|| format!("the {role} placement plan does not fit the model"))?;
+        if plan.num_ranks != *ranks {
+            bail!(
+                "--{role}-workers is {ranks} but its plan has {} ranks",
+                plan.num_ranks
+            );
+        }
+        let group_id = format!("{role}-{}", std::process::id());
+        let identity = GroupIdentity {
+            group_id: group_id.clone(),
+            model_fingerprint: fingerprint.clone(),
+            plan_version: plan.fingerprint(),
+        };
+        let coordinator = Coordinator::new(CoordinatorConfig::new(*ranks, identity))?;
+        let listener = rt.block_on(tokio::net::TcpListener::bind((args.bind_host.as_str(), 0)))?;
+        let port = listener.local_addr()?.port();
+        rt.spawn(coordinator.serve(listener, std::future::pending()));
+        slots.insert(
+            role.to_string(),
+            GroupSlot {
+                coordinator: format!("http://{}:{port}", args.advertise_host),
+                world_size: *ranks,
+                plan_json: plan.to_json_pretty(),
+                group_id,
+            },
+        );
+    }
+    let registry = Registry::new(slots);
+    let reg_listener = rt
+        .block_on(tokio::net::TcpListener::bind((
+            args.bind_host.as_str(),
+            args.registry_port,
+        )))
+        .with_context(|| {
+            format!(
+                "binding the registry on {}:{}",
+                args.bind_host, args.registry_port
+            )
+        })?;
+    let reg_addr = reg_listener.local_addr()?;
+    rt.spawn(
+        tonic::transport::Server::builder()
+            .add_service(registry.service())
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(reg_listener)),
+    );
+    println!(
+        "moeflow router waiting for {} prefill and {} decode workers (moeflow worker --router http://{}:{} --role ...)",
+        args.prefill_workers,
+        args.decode_workers,
+        args.advertise_host,
+        reg_addr.port()
+    );
+    rt.block_on(async {
+        let decode = WorkerGroup::connect(
+            registry.wait_group("decode").await,
+            Duration::from_secs(120),
+        )
+        .await?;
+        let prefill = if args.prefill_workers > 0 {
+            Some(
+                WorkerGroup::connect(
+                    registry.wait_group("prefill").await,
+                    Duration::from_secs(120),
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
+        serve_until_signal(prefill, decode, info, tokenizer, &args.serving).await
+    })
+}

@@ -1,0 +1,167 @@
+//! What `moeflow serve` and `moeflow router` share once their worker groups exist: the
+//! scheduler, the worker-statistics poller, the HTTP and gRPC front ends, and the SIGTERM drain.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use moeflow_frontend::{grpc_service, http_app, serve_http, FrontendState};
+use moeflow_router::api::{ModelInfo, SharedBackend};
+use moeflow_router::{Scheduler, SchedulerConfig, WorkerGroup};
+use moeflow_worker::config::ModelConfig;
+use moeflow_worker::tokenizer::Tokenizer;
+
+/// Front-end and scheduling options shared by `serve` and `router`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServingArgs {
+    /// Name clients use as `model` (default: the checkpoint directory's name).
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    #[arg(long, default_value_t = 50051)]
+    pub grpc_port: u16,
+    /// Requests waiting beyond this are refused with 429.
+    #[arg(long, default_value_t = 256)]
+    pub max_waiting: usize,
+    /// Prompt tokens per step over a group.
+    #[arg(long, default_value_t = 2048)]
+    pub prefill_token_budget: usize,
+    /// Running sequences per rank.
+    #[arg(long, default_value_t = 64)]
+    pub max_running_per_rank: usize,
+    /// KV capacity per rank in blocks of 16 tokens.
+    #[arg(long, default_value_t = 8192)]
+    pub kv_blocks: usize,
+    /// How long SIGTERM waits for in-flight requests (seconds).
+    #[arg(long, default_value_t = 30)]
+    pub drain_timeout_s: u64,
+}
+
+/// The served model's facts and tokenizer.
+pub fn model_facts(
+    model: &Path,
+    served_name: Option<&str>,
+) -> anyhow::Result<(ModelInfo, Arc<Tokenizer>)> {
+    let shape = ModelConfig::from_dir(model)?.shape();
+    let tokenizer = Arc::new(
+        Tokenizer::from_dir(model).with_context(|| format!("tokenizer of {}", model.display()))?,
+    );
+    let name = served_name.map(str::to_string).unwrap_or_else(|| {
+        model
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "moeflow".into())
+    });
+    Ok((
+        ModelInfo {
+            id: name,
+            architecture: shape.arch.to_string(),
+            max_context: shape.max_position_embeddings as u32,
+            vocab_size: shape.vocab_size as u32,
+            num_experts: shape.num_experts as u32,
+            experts_per_token: shape.experts_per_token as u32,
+        },
+        tokenizer,
+    ))
+}
+
+/// Serves until Ctrl-C or SIGTERM, then drains and asks the workers to stop.
+pub async fn serve_until_signal(
+    prefill: Option<WorkerGroup>,
+    decode: WorkerGroup,
+    info: ModelInfo,
+    tokenizer: Arc<Tokenizer>,
+    args: &ServingArgs,
+) -> anyhow::Result<()> {
+    let name = info.id.clone();
+    let (np, nd) = (
+        prefill.as_ref().map_or(0, WorkerGroup::world_size),
+        decode.world_size(),
+    );
+    let scheduler = Scheduler::start_disaggregated(
+        prefill.clone(),
+        decode.clone(),
+        SchedulerConfig {
+            max_waiting: args.max_waiting,
+            prefill_token_budget: args.prefill_token_budget,
+            max_running_per_rank: args.max_running_per_rank,
+            kv_blocks_per_rank: args.kv_blocks,
+            block_size: moeflow_worker::generate::BLOCK_SIZE,
+            group_name: "decode".into(),
+        },
+        info,
+    );
+    let mut watched = vec![("decode".to_string(), decode.clone())];
+    if let Some(p) = &prefill {
+        watched.push(("prefill".to_string(), p.clone()));
+    }
+    let poller = moeflow_router::stats::spawn_stats_poller(watched, Duration::from_secs(5));
+    let backend: SharedBackend = scheduler.clone();
+    let state = FrontendState::new(backend, tokenizer);
+    let http = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .with_context(|| format!("binding {}:{}", args.host, args.port))?;
+    let grpc = tokio::net::TcpListener::bind((args.host.as_str(), args.grpc_port))
+        .await
+        .with_context(|| format!("binding {}:{}", args.host, args.grpc_port))?;
+    let http_addr = http.local_addr()?;
+    let grpc_addr = grpc.local_addr()?;
+    println!("moeflow serving `{name}` ({np} prefill + {nd} decode ranks) on http://{http_addr} (OpenAI API) and {grpc_addr} (gRPC)");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut http_stop = stop_rx.clone();
+    let http_task = tokio::spawn(serve_http(http, http_app(state.clone()), async move {
+        let _ = http_stop.wait_for(|s| *s).await;
+    }));
+    let mut grpc_stop = stop_rx.clone();
+    let grpc_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(grpc_service(state))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                async move {
+                    let _ = grpc_stop.wait_for(|s| *s).await;
+                },
+            ),
+    );
+    shutdown_signal().await;
+    poller.abort();
+    tracing::info!("shutting down: draining in-flight requests");
+    scheduler
+        .drain(Duration::from_secs(args.drain_timeout_s))
+        .await;
+    let _ = stop_tx.send(true);
+    let _ = http_task.await;
+    let _ = grpc_task.await;
+    decode.shutdown().await;
+    if let Some(p) = &prefill {
+        p.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
