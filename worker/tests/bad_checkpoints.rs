@@ -43,7 +43,7 @@ fn edit_header(dir: &Path, edit: impl FnOnce(&mut serde_json::Map<String, serde_
         serde_json::from_slice(&bytes[8..8 + n]).expect("header");
     edit(&mut header);
     let mut h = serde_json::to_vec(&header).expect("json");
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();
