@@ -6,7 +6,7 @@
 #   3. generation:         moeflow batch 1 and 16 (memory-bandwidth and matmul baselines)
 #   4. reference:          transformers on the same checkpoint, same shapes
 #
-#   bench/model.sh                 # everything (about 4 minutes, most of it transformers)
+#   bench/model.sh                 # everything (about a minute on a quiet machine)
 #   SKIP_REFERENCE=1 bench/model.sh
 #
 # Writes /tmp/bench-qwen3 if missing; results (JSON and text) go to $OUT (default
@@ -26,7 +26,8 @@ cargo build --release -p moeflow-worker --example bench_load --example bench_gen
 cargo bench -p moeflow-worker --bench moe_layer --no-run
 
 echo "== load memory"
-./target/release/examples/bench_load "$MODEL" | tee "$OUT/load.json"
+./target/release/examples/bench_load "$MODEL" f32 | tee "$OUT/load.json"
+./target/release/examples/bench_load "$MODEL" bf16 | tee "$OUT/load_bf16.json"
 
 echo "== MoE layer (divan; items = FLOPs, so Gitem/s = GFLOP/s)"
 cargo bench -p moeflow-worker --bench moe_layer | tee "$OUT/moe_layer.txt"

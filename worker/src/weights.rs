@@ -428,3 +428,51 @@ fn shard_paths(index: &Path, dir: &Path) -> Result<Vec<PathBuf>, WeightsError> {
     shards.sort();
     Ok(shards.into_iter().map(|s| dir.join(s)).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `get_stacked_transposed` equals `cat` + transpose, in every runtime dtype, from f32
+    /// and bf16 files; a wrong shape names the tensor.
+    #[test]
+    fn stacked_transposed_matches_cat_then_transpose() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = Device::Cpu;
+        let a = Tensor::arange(0f32, 12.0, &dev)
+            .unwrap()
+            .reshape((3, 4))
+            .unwrap();
+        let b = (Tensor::arange(0f32, 12.0, &dev)
+            .unwrap()
+            .reshape((3, 4))
+            .unwrap()
+            * 0.5)
+            .unwrap();
+        for file_dtype in [DType::F32, DType::BF16] {
+            let path = dir.path().join("model.safetensors");
+            let tensors = [
+                ("a", a.to_dtype(file_dtype).unwrap()),
+                ("b", b.to_dtype(file_dtype).unwrap()),
+            ];
+            candle_core::safetensors::save(&tensors.into_iter().collect(), &path).unwrap();
+            for dtype in [DType::F32, DType::BF16, DType::F16] {
+                let ws = WeightStore::open(dir.path(), dtype, &dev).unwrap();
+                let got = ws.get_stacked_transposed(&["a", "b"], 3, 4).unwrap();
+                let want = Tensor::cat(&[&a, &b], 0)
+                    .and_then(|t| t.t())
+                    .and_then(|t| t.to_dtype(dtype))
+                    .unwrap();
+                assert_eq!((got.dims(), got.dtype()), (&[4, 6][..], dtype));
+                let diff = (got.to_dtype(DType::F32).unwrap() - want.to_dtype(DType::F32).unwrap())
+                    .and_then(|d| d.abs())
+                    .and_then(|d| d.max_all())
+                    .and_then(|d| d.to_scalar::<f32>())
+                    .unwrap();
+                assert_eq!(diff, 0.0, "{file_dtype:?} file, {dtype:?} runtime");
+                let err = ws.get_stacked_transposed(&["a", "b"], 4, 3).unwrap_err();
+                assert!(err.to_string().contains("`a`"), "{err}");
+            }
+        }
+    }
+}

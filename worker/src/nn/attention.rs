@@ -79,7 +79,8 @@ pub(crate) fn attend_batch(jobs: &[AttnJob<'_, '_>], shape: &AttnShape, outs: Ve
             tasks.push((ji, row, o));
         }
     }
-    let avx2 = has_avx2_fma();
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = crate::nn::kernels::has_avx2_fma();
     let run = |scores: &mut Vec<f32>, (ji, row, o): (usize, usize, &mut [f32])| {
         let job = &jobs[ji];
         #[cfg(target_arch = "x86_64")]
@@ -94,17 +95,6 @@ pub(crate) fn attend_batch(jobs: &[AttnJob<'_, '_>], shape: &AttnShape, outs: Ve
         tasks.into_iter().for_each(|t| run(&mut scores, t));
     } else {
         tasks.into_par_iter().for_each_init(Vec::new, run);
-    }
-}
-
-fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }
 
@@ -163,15 +153,7 @@ fn attend_row<const FMA: bool>(
         }
     }
     for h in 0..num_heads {
-        let s = &mut scores[h * len..(h + 1) * len];
-        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for v in s.iter_mut() {
-            *v = crate::nn::kernels::exp(*v - max);
-            sum += *v;
-        }
-        let inv = 1.0 / sum;
-        s.iter_mut().for_each(|v| *v *= inv);
+        softmax(&mut scores[h * len..(h + 1) * len]);
     }
     out.fill(0.0);
     for t in 0..len {
@@ -187,10 +169,51 @@ fn attend_row<const FMA: bool>(
     }
 }
 
+/// In-place softmax, written so that each pass vectorises: a lane-wise maximum, the
+/// exponentials (`kernels::exp`, no libm call), a lane-wise sum, the scaling. (A fold with
+/// `f32::max` and a running sum are sequential and ran scalar.)
+#[inline(always)]
+fn softmax(s: &mut [f32]) {
+    const L: usize = 8;
+    let mut m = [f32::NEG_INFINITY; L];
+    let chunks = s.chunks_exact(L);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for l in 0..L {
+            m[l] = if c[l] > m[l] { c[l] } else { m[l] };
+        }
+    }
+    let max = tail
+        .iter()
+        .chain(&m)
+        .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    for v in s.iter_mut() {
+        *v = crate::nn::kernels::exp(*v - max);
+    }
+    let mut acc = [0f32; L];
+    let chunks = s.chunks_exact(L);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for l in 0..L {
+            acc[l] += c[l];
+        }
+    }
+    let inv = 1.0 / (hsum(acc) + tail);
+    s.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// Sum of eight lanes as a tree (three vector steps instead of seven dependent adds).
+#[inline(always)]
+fn hsum(a: [f32; 8]) -> f32 {
+    let b = [a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]];
+    let c = [b[0] + b[2], b[1] + b[3]];
+    c[0] + c[1]
+}
+
 #[inline(always)]
 fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
     // Sixteen independent lanes (two AVX vectors) let the compiler vectorise without
-    // reassociation flags and hide the FMA latency.
+    // reassociation flags and hide the FMA latency; they are summed as a tree.
     const L: usize = 16;
     let mut acc = [0f32; L];
     let (ac, bc) = (a.chunks_exact(L), b.chunks_exact(L));
@@ -200,7 +223,7 @@ fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
             acc[l] = fmadd::<FMA>(x[l], y[l], acc[l]);
         }
     }
-    let mut s: f32 = acc.iter().sum();
+    let mut s = hsum(std::array::from_fn(|l| acc[l] + acc[l + 8]));
     for (x, y) in at.iter().zip(bt) {
         s = fmadd::<FMA>(*x, *y, s);
     }

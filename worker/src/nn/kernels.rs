@@ -6,13 +6,13 @@
 //! small products (one per busy expert), where that threading is poor and the allocations
 //! and copies between ops cost as much as the arithmetic. Measured on the layer
 //! (hidden 1024, 64 experts, top-8), the candle path reached 4-30% of the machine's matmul
-//! rate; these kernels reach 55-65% from 256 tokens up (BENCHMARKS.md).
+//! rate; these kernels reach 60-84% from 256 tokens up (BENCHMARKS.md).
 //!
 //! What they do instead: each product is split into (row group, column block) tasks spread
 //! over rayon, each run single-threaded by the kernel that suits its shape (see
 //! [`matmul_block`]): gemm's own matrix-vector code for one row, streaming AVX2 kernels for
-//! a few rows (bound by reading the weights), gemm on packed column panels for a few dozen
-//! rows, plain gemm above. The SwiGLU activation and the routing weight are fused in
+//! a few rows (bound by reading the weights), gemm into a column-major scratch or on packed
+//! column panels for a few dozen rows, plain gemm above. The SwiGLU activation and the routing weight are fused in
 //! between the two projections.
 //!
 //! Every entry point returns `None` when its inputs are not contiguous f32 CPU tensors; the
@@ -366,14 +366,15 @@ unsafe fn rows_dot_avx2(
         let mut i = 0;
         while i < m {
             let mb = MB.min(m - i);
-            // Prefetch the weight-row triple after next while this one is in use, spread over
-            // the passes of the input tiles (one row per pass) so that few misses are in
-            // flight at once. The hardware prefetcher alone left these loads waiting on DRAM:
-            // the LM head at 16 rows ran at 45 GFLOP/s on one core against 74 with the
-            // weights in cache; with the prefetches, 53.
+            // Prefetch the weight rows four triples ahead into L2 while this triple is in
+            // use, spread over the passes of the input tiles (one row per pass) so that few
+            // misses are in flight at once. The hardware prefetcher alone left these loads
+            // waiting on DRAM: the LM head at 16 rows ran at 47 GFLOP/s on one core against
+            // 77 with the weights in cache; with these prefetches, 58 (one triple ahead into
+            // L1: 53).
             let passes = m.div_ceil(MB);
             let pass = i / MB;
-            let next = (j + 2 * NB).min(n)..(j + 3 * NB).min(n);
+            let next = (j + 4 * NB).min(n)..(j + 5 * NB).min(n);
             let pf = if passes < NB {
                 if pass == 0 {
                     next
@@ -454,7 +455,7 @@ unsafe fn dot_tile<const NB: usize, const MB: usize>(t: Tile<'_>, out: &mut [&mu
         if l % 16 == 0 {
             for r in pf.clone() {
                 // A hint only: the address is in bounds (rows < n, column l < k).
-                _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(r * w_rs + l).cast());
+                _mm_prefetch::<_MM_HINT_T1>(wp.wrapping_add(r * w_rs + l).cast());
             }
         }
         // NB weight vectors stay in registers while the MB input vectors stream past: with
@@ -488,15 +489,11 @@ unsafe fn dot_tile<const NB: usize, const MB: usize>(t: Tile<'_>, out: &mut [&mu
     }
 }
 
-fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+/// Whether the AVX2 + FMA versions of the kernels can run (checked once, then cached by
+/// the standard library).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx2_fma() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
 }
 
 /// Which way the weight operand of a product is stored.
@@ -623,6 +620,7 @@ pub(crate) unsafe fn matmul_block(
         .map(|i| unsafe { std::slice::from_raw_parts_mut(out.ptr.add(off + i * rs), n) })
         .collect();
     let rows = &mut rows[..];
+    #[cfg(target_arch = "x86_64")]
     let avx2 = has_avx2_fma();
     match w.layout {
         WeightLayout::InputMajor => {
@@ -752,48 +750,69 @@ fn col_blocks(n: usize, parts: usize) -> Vec<Range<usize>> {
 /// `x [m, in] · w[out, in]^T` for contiguous f32 CPU tensors (`None` otherwise, or when the
 /// shapes do not line up, so that candle reports the error).
 pub(crate) fn linear(x: &Tensor, w: &Tensor) -> Option<Vec<f32>> {
-    let (&[m, k], &[n, k2]) = (x.dims(), w.dims()) else {
+    linear_rows(x, &[w])?.pop()
+}
+
+/// `x · w^T` for every `w` in `ws` (each `[out_i, in]`), as row-major f32 rows, in one
+/// parallel region: the projections that read the same input (q, k and v) then cost one
+/// hand-off to the thread pool instead of three, which at one token is a good part of their
+/// time. `None` unless `x` and every `w` are contiguous f32 CPU tensors of matching shapes.
+pub(crate) fn linear_rows(x: &Tensor, ws: &[&Tensor]) -> Option<Vec<Vec<f32>>> {
+    let &[m, k] = x.dims() else {
         return None;
     };
-    if k != k2 {
-        return None;
+    let mut outs = Vec::with_capacity(ws.len());
+    let mut guards = Vec::with_capacity(ws.len());
+    for w in ws {
+        let &[n, k2] = w.dims() else {
+            return None;
+        };
+        if k2 != k {
+            return None;
+        }
+        guards.push((n, F32Guard::new(w)?));
+        outs.push(vec![0f32; m * n]);
     }
-    with_f32(x, |xs| {
-        with_f32(w, |ws| {
-            let mut y = vec![0f32; m * n];
-            let out = OutPtr::new(&mut y);
-            let lhs = MatRef {
-                data: xs,
-                rs: k,
-                cs: 1,
-            };
-            let run = |c: &Range<usize>| {
-                let dst = Dst {
-                    out,
-                    off: c.start,
-                    rs: n,
-                };
-                let w = Weights {
-                    data: &ws[c.start * k..],
-                    rs: k,
-                    layout: WeightLayout::OutputMajor,
-                };
-                // SAFETY: each task writes columns `c` of `y`, disjoint from the others.
-                unsafe { matmul_block(dst, m, c.len(), k, lhs, w) };
-            };
-            if m * n * k < SERIAL_MACS {
-                run(&(0..n));
-            } else {
-                // Few rows are bandwidth-bound (one block per thread streams its share of
-                // w); more rows get more blocks for balance.
-                let threads = rayon::current_num_threads();
-                let parts = if m <= 16 { threads } else { 2 * threads };
-                col_blocks(n, parts).par_iter().for_each(run);
-            }
-            y
-        })
-    })
-    .flatten()
+    let xg = F32Guard::new(x)?;
+    let lhs = MatRef {
+        data: xg.slice(),
+        rs: k,
+        cs: 1,
+    };
+    let ptrs: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr::new(o)).collect();
+    let run = |(i, c): &(usize, Range<usize>)| {
+        let (n, g) = &guards[*i];
+        let dst = Dst {
+            out: ptrs[*i],
+            off: c.start,
+            rs: *n,
+        };
+        let w = Weights {
+            data: &g.slice()[c.start * k..],
+            rs: k,
+            layout: WeightLayout::OutputMajor,
+        };
+        // SAFETY: each task writes columns `c` of output `i`, disjoint from the others.
+        unsafe { matmul_block(dst, m, c.len(), k, lhs, w) };
+    };
+    let macs: usize = guards.iter().map(|(n, _)| m * n * k).sum();
+    if macs < SERIAL_MACS {
+        for (i, (n, _)) in guards.iter().enumerate() {
+            run(&(i, 0..*n));
+        }
+    } else {
+        // Few rows are bandwidth-bound (one block per thread streams its share of each w);
+        // more rows get more blocks for balance.
+        let threads = rayon::current_num_threads();
+        let parts = if m <= 16 { threads } else { 2 * threads };
+        let tasks: Vec<(usize, Range<usize>)> = guards
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (n, _))| col_blocks(*n, parts).into_iter().map(move |c| (i, c)))
+            .collect();
+        tasks.par_iter().for_each(run);
+    }
+    Some(outs)
 }
 
 /// The weights of one SwiGLU block as f32 slices: `gate_up [hidden, 2F]` (gate columns first)

@@ -76,6 +76,38 @@ impl RmsNorm {
         let y = candle_nn::ops::rms_norm(&xf.contiguous()?, &self.w, self.eps)?;
         Ok(y.to_dtype(dtype)?)
     }
+
+    /// Normalises consecutive rows of `rows` (each as long as the weight) in place: the f32
+    /// path of attention, which keeps q and k as plain rows between the projections and the
+    /// cache. Same arithmetic as `candle_nn::ops::rms_norm` (sequential sum of squares,
+    /// `x / sqrt(mean + eps) * w`).
+    pub(crate) fn forward_rows_f32(&self, rows: &mut [f32]) -> Result<()> {
+        let Some(w) = kernels::F32Guard::new(&self.w) else {
+            // Weights off the CPU: through candle and back.
+            let dim = self.w.dims().first().copied().unwrap_or(1).max(1);
+            let t = Tensor::from_slice(rows, (rows.len() / dim, dim), self.w.device())?;
+            let y = self.forward(&t)?.flatten_all()?.to_vec1::<f32>()?;
+            rows.copy_from_slice(&y);
+            return Ok(());
+        };
+        let w = w.slice();
+        if w.is_empty() || !rows.len().is_multiple_of(w.len()) {
+            return Err(crate::error::ModelError::Input(format!(
+                "rms norm: {} values are not rows of {}",
+                rows.len(),
+                w.len()
+            )));
+        }
+        let n = w.len() as f32;
+        for row in rows.chunks_exact_mut(w.len()) {
+            let sum2: f32 = row.iter().map(|v| v * v).sum();
+            let m = (sum2 / n + self.eps).sqrt();
+            for (v, a) in row.iter_mut().zip(w) {
+                *v = *v / m * a;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// L2 normalisation without a weight (Llama-4's q/k norm): `x / sqrt(mean(x^2) + eps)`.

@@ -52,6 +52,39 @@ fn l2_norm_heads(x: &mut [f32], dim: usize, eps: f32) {
     }
 }
 
+impl GqaAttention {
+    /// q, k (normalised per head where the architecture says so, before the rotary
+    /// embedding) and v as f32 rows. On f32 CPU tensors the three projections run in one
+    /// parallel region straight into rows, and the per-head RMSNorm works on those rows:
+    /// no intermediate tensors or copies.
+    fn project(&self, x: &Tensor, t: usize) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let ws = [
+            self.q_proj.weight(),
+            self.k_proj.weight(),
+            self.v_proj.weight(),
+        ];
+        if let Some(mut rows) = crate::nn::kernels::linear_rows(x, &ws) {
+            let (v, k, q) = (rows.pop(), rows.pop(), rows.pop());
+            if let (Some(mut q), Some(mut k), Some(v)) = (q, k, v) {
+                if let QkNorm::RmsBeforeRope { q: qn, k: kn } = &self.qk_norm {
+                    qn.forward_rows_f32(&mut q)?;
+                    kn.forward_rows_f32(&mut k)?;
+                }
+                return Ok((q, k, v));
+            }
+        }
+        let mut q = self.q_proj.forward(x)?;
+        let mut k = self.k_proj.forward(x)?;
+        let v = self.v_proj.forward(x)?;
+        if let QkNorm::RmsBeforeRope { q: qn, k: kn } = &self.qk_norm {
+            q = qn.forward(&q.reshape((t * nh, hd))?)?;
+            k = kn.forward(&k.reshape((t * nkv, hd))?)?;
+        }
+        Ok((to_f32_rows(&q)?, to_f32_rows(&k)?, to_f32_rows(&v)?))
+    }
+}
+
 impl Attention for GqaAttention {
     fn forward(
         &self,
@@ -62,16 +95,7 @@ impl Attention for GqaAttention {
     ) -> Result<Tensor> {
         let t = b.num_tokens();
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let mut q = self.q_proj.forward(x)?;
-        let mut k = self.k_proj.forward(x)?;
-        let v = self.v_proj.forward(x)?;
-        if let QkNorm::RmsBeforeRope { q: qn, k: kn } = &self.qk_norm {
-            q = qn.forward(&q.reshape((t * nh, hd))?)?;
-            k = kn.forward(&k.reshape((t * nkv, hd))?)?;
-        }
-        let mut q = to_f32_rows(&q)?;
-        let mut k = to_f32_rows(&k)?;
-        let v = to_f32_rows(&v)?;
+        let (mut q, mut k, v) = self.project(x, t)?;
         if let Some(rope) = &self.rope {
             rope.apply(&mut q, nh * hd, nh, hd, 0, b.positions.iter().copied());
             rope.apply(&mut k, nkv * hd, nkv, hd, 0, b.positions.iter().copied());
