@@ -11,12 +11,11 @@ use moeflow_comm::bootstrap::{Coordinator, CoordinatorConfig};
 use moeflow_comm::GroupIdentity;
 use moeflow_placement::{PlacementPlan, PlanTarget, PLAN_FORMAT};
 use moeflow_proto::v1 as pb;
-use moeflow_router::WorkerGroup;
 use moeflow_worker::config::model_fingerprint;
 
 mod common;
 
-use common::{golden, reference_logits, spawn_worker, target, Worker, BIN};
+use common::{connect, golden, reference_logits, start_group, target, BIN};
 
 /// Every expert on two ranks (`e % n` and `(e + 1) % n`), a plan with replicas everywhere.
 fn replicated(t: &PlanTarget, n: usize) -> PlacementPlan {
@@ -139,43 +138,11 @@ fn chunk(seq: u64, tokens: Vec<u32>, start: u32, prompt: bool) -> pb::SeqChunk {
 #[test]
 fn killed_worker_fails_the_step_instead_of_hanging() {
     let dir = golden("qwen3_moe");
-    let t = target(&dir);
-    let plan = PlacementPlan::contiguous(&t, 3).expect("plan");
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let plan_path = tmp.path().join("plan.json");
-    std::fs::write(&plan_path, plan.to_json_pretty()).expect("write plan");
-    let identity = GroupIdentity {
-        group_id: "kill-test".into(),
-        model_fingerprint: model_fingerprint(&dir).expect("fingerprint"),
-        plan_version: plan.fingerprint(),
-    };
+    let plan = PlacementPlan::contiguous(&target(&dir), 3).expect("plan");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let coordinator = Coordinator::new(CoordinatorConfig::new(3, identity)).expect("coordinator");
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    rt.spawn(coordinator.serve(listener, std::future::pending()));
-    let workers: Vec<Worker> = {
-        let handles: Vec<_> = (0..3)
-            .map(|r| {
-                let (dir, url, plan_path) = (dir.clone(), url.clone(), plan_path.clone());
-                std::thread::spawn(move || spawn_worker(&dir, &url, &plan_path, r, "kill-test"))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("spawn thread"))
-            .collect()
-    };
-    let mut workers = workers;
+    let (mut workers, _tmp) = start_group(&rt, &dir, &plan, "kill-test");
     rt.block_on(async {
-        let group = WorkerGroup::connect(
-            workers.iter().map(|w| w.control.clone()).collect(),
-            Duration::from_secs(60),
-        )
-        .await
-        .expect("connect");
+        let group = connect(&workers, Duration::from_secs(60)).await;
         let first = group
             .step(
                 0,
@@ -224,40 +191,11 @@ fn killed_worker_fails_the_step_instead_of_hanging() {
 #[test]
 fn frozen_worker_mid_step_fails_the_step() {
     let dir = golden("deepseek_v3");
-    let t = target(&dir);
-    let plan = PlacementPlan::contiguous(&t, 3).expect("plan");
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let plan_path = tmp.path().join("plan.json");
-    std::fs::write(&plan_path, plan.to_json_pretty()).expect("write plan");
-    let identity = GroupIdentity {
-        group_id: "freeze-test".into(),
-        model_fingerprint: model_fingerprint(&dir).expect("fingerprint"),
-        plan_version: plan.fingerprint(),
-    };
+    let plan = PlacementPlan::contiguous(&target(&dir), 3).expect("plan");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let coordinator = Coordinator::new(CoordinatorConfig::new(3, identity)).expect("coordinator");
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    rt.spawn(coordinator.serve(listener, std::future::pending()));
-    let handles: Vec<_> = (0..3)
-        .map(|r| {
-            let (dir, url, plan_path) = (dir.clone(), url.clone(), plan_path.clone());
-            std::thread::spawn(move || spawn_worker(&dir, &url, &plan_path, r, "freeze-test"))
-        })
-        .collect();
-    let workers: Vec<Worker> = handles
-        .into_iter()
-        .map(|h| h.join().expect("spawn thread"))
-        .collect();
+    let (workers, _tmp) = start_group(&rt, &dir, &plan, "freeze-test");
     rt.block_on(async {
-        let group = WorkerGroup::connect(
-            workers.iter().map(|w| w.control.clone()).collect(),
-            Duration::from_secs(600),
-        )
-        .await
-        .expect("connect");
+        let group = connect(&workers, Duration::from_secs(600)).await;
         // Freeze rank 1 (it keeps its sockets open but stops answering and heartbeating); the
         // other ranks reach the MoE all-to-all, lose it after the peer timeout and fail the
         // step, long before the 600 s step timeout.

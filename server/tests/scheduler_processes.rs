@@ -7,12 +7,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{golden, reference_tokens, start_group, target};
+use common::{connect, golden, reference_tokens, start_group, target};
 use moeflow_placement::PlacementPlan;
 use moeflow_router::api::{
     Backend, FinishReason, GenerateRequest, ModelInfo, Sampling, SubmitError, TokenEvent,
 };
-use moeflow_router::{Scheduler, SchedulerConfig, WorkerGroup};
+use moeflow_router::{Scheduler, SchedulerConfig};
 
 fn info() -> ModelInfo {
     ModelInfo {
@@ -63,12 +63,7 @@ fn concurrent_requests_match_single_process_and_cancellation_frees_kv() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (workers, _tmp) = start_group(&rt, &dir, &plan, "sched-test");
     rt.block_on(async {
-        let group = WorkerGroup::connect(
-            workers.iter().map(|w| w.control.clone()).collect(),
-            Duration::from_secs(60),
-        )
-        .await
-        .expect("connect");
+        let group = connect(&workers, Duration::from_secs(60)).await;
         let cfg = SchedulerConfig {
             prefill_token_budget: 7, // forces chunked prefill across steps
             max_running_per_rank: 3, // forces queueing
@@ -164,12 +159,7 @@ fn queue_bound_answers_at_once() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (workers, _tmp) = start_group(&rt, &dir, &plan, "queue-test");
     rt.block_on(async {
-        let group = WorkerGroup::connect(
-            workers.iter().map(|w| w.control.clone()).collect(),
-            Duration::from_secs(60),
-        )
-        .await
-        .expect("connect");
+        let group = connect(&workers, Duration::from_secs(60)).await;
         let sched = Scheduler::start(
             group,
             SchedulerConfig {
@@ -191,12 +181,7 @@ fn killed_worker_ends_streams_with_terminal_error() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (mut workers, _tmp) = start_group(&rt, &dir, &plan, "kill-sched");
     rt.block_on(async {
-        let group = WorkerGroup::connect(
-            workers.iter().map(|w| w.control.clone()).collect(),
-            Duration::from_secs(60),
-        )
-        .await
-        .expect("connect");
+        let group = connect(&workers, Duration::from_secs(60)).await;
         let sched = Scheduler::start(group, SchedulerConfig::default(), info());
         let mut a = sched
             .submit(greedy("a", vec![1, 2, 3], 200))
@@ -255,18 +240,8 @@ fn disaggregated_prefill_moves_kv_and_matches_aggregated() {
         "pd-decode",
     );
     rt.block_on(async {
-        let prefill = WorkerGroup::connect(
-            pw.iter().map(|w| w.control.clone()).collect(),
-            Duration::from_secs(60),
-        )
-        .await
-        .expect("connect prefill");
-        let decode = WorkerGroup::connect(
-            dw.iter().map(|w| w.control.clone()).collect(),
-            Duration::from_secs(60),
-        )
-        .await
-        .expect("connect decode");
+        let prefill = connect(&pw, Duration::from_secs(60)).await;
+        let decode = connect(&dw, Duration::from_secs(60)).await;
         let pd = Scheduler::start_disaggregated(
             Some(prefill.clone()),
             decode.clone(),
@@ -358,18 +333,8 @@ fn dead_prefill_group_fails_its_requests_and_decode_keeps_serving() {
         "pdk-decode",
     );
     rt.block_on(async {
-        let prefill = WorkerGroup::connect(
-            pw.iter().map(|w| w.control.clone()).collect(),
-            Duration::from_secs(60),
-        )
-        .await
-        .expect("connect prefill");
-        let decode = WorkerGroup::connect(
-            dw.iter().map(|w| w.control.clone()).collect(),
-            Duration::from_secs(60),
-        )
-        .await
-        .expect("connect decode");
+        let prefill = connect(&pw, Duration::from_secs(60)).await;
+        let decode = connect(&dw, Duration::from_secs(60)).await;
         let sched = Scheduler::start_disaggregated(
             Some(prefill),
             decode,

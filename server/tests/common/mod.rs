@@ -133,6 +133,19 @@ pub fn start_group(
     )
 }
 
+/// The router's handle to a started group.
+pub async fn connect(
+    workers: &[Worker],
+    step_timeout: std::time::Duration,
+) -> moeflow_router::WorkerGroup {
+    moeflow_router::WorkerGroup::connect(
+        workers.iter().map(|w| w.control.clone()).collect(),
+        step_timeout,
+    )
+    .await
+    .expect("connect to the group")
+}
+
 /// Greedy generation in one process: the logits of each of `steps` steps.
 pub fn reference_logits(dir: &Path, prompt: &[u32], steps: usize) -> Vec<Vec<f32>> {
     let model = Transformer::load(
