@@ -11,6 +11,7 @@
 pub mod io;
 mod load;
 mod model;
+pub mod source;
 
 pub use io::binary::{BinaryReader, BinaryWriter, RawBlock};
 pub use io::paper::{PaperTreeWriter, PaperWrite};
@@ -20,3 +21,4 @@ pub use model::{
     CountsTrace, Iteration, LayerRouting, ModelShape, Phase, RequestTrace, TraceItem,
     TraceModelError, MISSING_EXPERT,
 };
+pub use source::{open, Format, Origin, ReadOptions, ReadReport, Skipped, Source, SourceError};

@@ -4,8 +4,11 @@
 //! determines the model shape and drives the readers in parallel.
 
 pub mod binary;
+pub mod jsonl;
+pub mod known_models;
 pub mod paper;
 pub mod paper_scan;
+pub mod sglang;
 
 use std::path::PathBuf;
 

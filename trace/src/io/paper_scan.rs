@@ -17,9 +17,13 @@ struct Scanner<'a> {
 
 impl<'a> Scanner<'a> {
     fn err(&self, message: impl Into<String>) -> FormatError {
+        let mut message = message.into();
+        if self.p >= self.b.len() {
+            message.push_str(" (truncated: the document ends here)");
+        }
         FormatError::Syntax {
             offset: self.p,
-            message: message.into(),
+            message,
         }
     }
 
@@ -73,7 +77,7 @@ impl<'a> Scanner<'a> {
                 c.escape_ascii()
             ))),
             None => Err(self.err(format!(
-                "expected `,` or `{}`, found the end (truncated?)",
+                "expected `,` or `{}`, found the end",
                 close as char
             ))),
         }
@@ -98,7 +102,7 @@ impl<'a> Scanner<'a> {
         if self.p == start {
             return Err(match self.b.get(self.p) {
                 Some(c) => self.err(format!("expected {what}, found `{}`", c.escape_ascii())),
-                None => self.err(format!("expected {what}, found the end (truncated?)")),
+                None => self.err(format!("expected {what}, found the end")),
             });
         }
         if self.p - start > 1 && self.b[start] == b'0' {
