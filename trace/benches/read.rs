@@ -70,9 +70,7 @@ fn fold_two_threads(b: Bencher) {
     };
     let src = open(&t.root, &opts).expect("open");
     b.counter(BytesCount::new(t.bytes)).bench(|| {
-        let (accs, report) = src
-            .fold(|| 0u64, |n, _item| *n += 1)
-            .expect("fold");
+        let (accs, report) = src.fold(|| 0u64, |n, _item| *n += 1).expect("fold");
         assert_eq!(report.items, 100);
         accs
     });
