@@ -50,22 +50,12 @@ impl Default for ExpertShape {
 /// experts land on the memory-bound floor as they would in serving; without it the counts are
 /// used as they are (for run-sized counts that is the compute-bound, linear regime, where the
 /// cost ranks experts exactly as their token counts do).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CostModel {
     pub expert: ExpertShape,
     pub profile: DeviceProfile,
     /// Tokens the whole group processes per step (each selecting top-k experts).
     pub tokens_per_step: Option<f64>,
-}
-
-impl Default for CostModel {
-    fn default() -> Self {
-        Self {
-            expert: ExpertShape::default(),
-            profile: DeviceProfile::default(),
-            tokens_per_step: None,
-        }
-    }
 }
 
 impl CostModel {

@@ -107,3 +107,54 @@ pub fn compare<'a>(
     }
     Ok(c.finish())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::planner::testutil::input;
+    use moeflow_trace::CountsTrace;
+
+    #[test]
+    fn compares_planners_side_by_side() {
+        let load = vec![40.0, 30.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
+        let pin = input(vec![load.clone()], 2, 0);
+        let shape = ModelShape {
+            model: None,
+            num_layers: 2,
+            num_experts: 8,
+            top_k: 1,
+            moe_layers: vec![1],
+        };
+        let item = TraceItem::Counts(CountsTrace {
+            id: "c".into(),
+            workload: None,
+            phase: None,
+            counts: vec![None, Some(load.iter().map(|&v| v as u64).collect())],
+        });
+        let c = compare(
+            &["contiguous", "eplb"],
+            &pin,
+            &shape,
+            &DeviceProfile::h100(),
+            &EvalOptions::default(),
+            [&item],
+        )
+        .unwrap();
+        assert_eq!(c.runs.len(), 2);
+        let bm = |i: usize| c.runs[i].1.overall.busiest_over_mean.unwrap();
+        // Contiguous puts both hot experts on rank 0; EPLB separates them.
+        assert!((bm(0) - 72.0 / 38.0).abs() < 1e-12);
+        assert!((bm(1) - 43.0 / 38.0).abs() < 1e-12);
+        assert!(c.table().contains("eplb"));
+        let err = compare(
+            &["nope"],
+            &pin,
+            &shape,
+            &DeviceProfile::h100(),
+            &EvalOptions::default(),
+            [&item],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("planner `nope`"));
+    }
+}

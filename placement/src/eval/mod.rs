@@ -173,7 +173,7 @@ impl Evaluator {
             .map_err(|source| EvalError::Plan { model, source })?;
         let n = plan.num_ranks;
         if let Some(rpn) = opts.ranks_per_node {
-            if rpn == 0 || n % rpn != 0 {
+            if rpn == 0 || !n.is_multiple_of(rpn) {
                 return Err(EvalError::RanksPerNode {
                     ranks_per_node: rpn,
                     ranks: n,
@@ -435,5 +435,206 @@ impl Evaluator {
             layers,
             overall,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PLAN_FORMAT;
+    use moeflow_trace::{Iteration, LayerRouting};
+
+    fn shape() -> ModelShape {
+        ModelShape {
+            model: Some("tiny".into()),
+            num_layers: 2,
+            num_experts: 4,
+            top_k: 2,
+            moe_layers: vec![1],
+        }
+    }
+
+    /// 2 ranks, expert 0 on both.
+    fn plan() -> PlacementPlan {
+        PlacementPlan {
+            format: PLAN_FORMAT.into(),
+            num_ranks: 2,
+            num_experts: 4,
+            layers: [("1".to_string(), vec![vec![0, 1, 2], vec![0, 3]])]
+                .into_iter()
+                .collect(),
+            slots_per_rank: Some(3),
+            model: None,
+            algorithm: Some("hand".into()),
+            source: None,
+        }
+    }
+
+    fn counts(c: Vec<u64>) -> TraceItem {
+        TraceItem::Counts(CountsTrace {
+            id: "c".into(),
+            workload: None,
+            phase: Some(Phase::Decode),
+            counts: vec![None, Some(c)],
+        })
+    }
+
+    fn request(experts: Vec<u16>) -> TraceItem {
+        TraceItem::Request(RequestTrace {
+            id: "r".into(),
+            workload: None,
+            prompt_len: experts.len() / 2,
+            started_ms: None,
+            finished_ms: None,
+            iterations: vec![Iteration {
+                phase: Phase::Prefill,
+                layers: vec![LayerRouting {
+                    layer: 1,
+                    top_k: 2,
+                    experts,
+                    weights: None,
+                }],
+            }],
+        })
+    }
+
+    fn opts() -> EvalOptions {
+        EvalOptions {
+            ranks_per_node: Some(1),
+            ..EvalOptions::default()
+        }
+    }
+
+    #[test]
+    fn counts_split_evenly_between_replicas() {
+        let mut ev = Evaluator::new(&plan(), &shape(), DeviceProfile::h100(), opts()).unwrap();
+        ev.add(&counts(vec![8, 2, 2, 4])).unwrap();
+        let r = ev.finish();
+        let l = &r.layers[0];
+        assert_eq!(l.rank_load, vec![8.0, 8.0]);
+        assert_eq!(l.busiest_over_mean, Some(1.0));
+        assert_eq!(l.bytes_per_token, None);
+        assert!(r.aggregate && !r.per_token);
+        ev.add(&counts(vec![0, 4, 0, 0])).unwrap();
+        let l = &ev.finish().layers[0];
+        assert_eq!(l.rank_load, vec![12.0, 8.0]);
+        assert_eq!(l.busiest_over_mean, Some(1.2));
+        assert_eq!(l.busiest_over_least, Some(1.5));
+        // Another phase is skipped when a phase is asked for.
+        let mut o = opts();
+        o.phase = Some(Phase::Prefill);
+        let mut ev = Evaluator::new(&plan(), &shape(), DeviceProfile::h100(), o).unwrap();
+        ev.add(&counts(vec![8, 2, 2, 4])).unwrap();
+        assert_eq!(ev.finish().items, 0);
+    }
+
+    #[test]
+    fn tokens_follow_the_replica_rule_and_count_bytes() {
+        let mut ev = Evaluator::new(&plan(), &shape(), DeviceProfile::h100(), opts()).unwrap();
+        // Request 0 on rank 0: token (0, 3) -> 0 local, 3 on rank 1; token (1, 2) all local.
+        ev.add(&request(vec![0, 3, 1, 2])).unwrap();
+        // Request 1 on rank 1: token (0, 1) -> 0 local on rank 1, 1 on rank 0.
+        ev.add(&request(vec![0, 1])).unwrap();
+        let r = ev.finish();
+        let l = &r.layers[0];
+        assert_eq!(l.rank_load, vec![4.0, 2.0]);
+        assert_eq!(l.busiest_over_mean, Some(4.0 / 3.0));
+        assert_eq!(l.tokens, Some(3));
+        // Two (token, remote rank) sends of 2 * 7168 * 2 bytes, over 3 tokens.
+        let send = 2.0 * 7168.0 * 2.0;
+        assert_eq!(l.bytes_per_token, Some(2.0 * send / 3.0));
+        // One rank per node: every remote send crosses nodes.
+        assert_eq!(l.cross_node_bytes_per_token, l.bytes_per_token);
+        assert_eq!(l.ranks_per_token, Some(5.0 / 3.0));
+        assert_eq!(l.remote_ranks_per_token, Some(2.0 / 3.0));
+        assert!(l.step_time_s > l.compute_time_s && l.compute_time_s > 0.0);
+        let text = r.table();
+        assert!(text.contains("hand") && text.lines().count() == 4, "{text}");
+        let back: EvalReport = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn merged_parts_equal_one_pass() {
+        let items = [
+            request(vec![0, 3, 1, 2]),
+            request(vec![0, 1]),
+            counts(vec![1, 2, 3, 4]),
+        ];
+        let mut one = Evaluator::new(&plan(), &shape(), DeviceProfile::cpu(), opts()).unwrap();
+        let mut a = one.clone();
+        let mut b = one.clone();
+        for (i, it) in items.iter().enumerate() {
+            one.add_at(it, i).unwrap();
+        }
+        a.add_at(&items[0], 0).unwrap();
+        b.add_at(&items[1], 1).unwrap();
+        b.add_at(&items[2], 2).unwrap();
+        a.merge(&b).unwrap();
+        assert_eq!(a.finish(), one.finish());
+        let other = Evaluator::new(
+            &PlacementPlan::contiguous(
+                &PlanTarget {
+                    num_experts: 4,
+                    moe_layers: vec![1],
+                },
+                2,
+            )
+            .unwrap(),
+            &shape(),
+            DeviceProfile::cpu(),
+            opts(),
+        )
+        .unwrap();
+        assert_eq!(a.merge(&other), Err(EvalError::Merge("plans")));
+    }
+
+    #[test]
+    fn bad_input_names_what_differs() {
+        let p = DeviceProfile::h100();
+        // A plan for another model: different MoE layers.
+        let mut s = shape();
+        s.num_layers = 3;
+        s.moe_layers = vec![1, 2];
+        let err = Evaluator::new(&plan(), &s, p.clone(), opts()).unwrap_err();
+        assert!(matches!(
+            err,
+            EvalError::Plan {
+                source: PlanError::MissingLayer { layer: 2 },
+                ..
+            }
+        ));
+        assert!(err.to_string().contains("tiny"), "{err}");
+        // Another expert count.
+        let mut s = shape();
+        s.num_experts = 8;
+        let err = Evaluator::new(&plan(), &s, p.clone(), opts()).unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("plan is for 4 experts per layer, the model has 8"));
+        // A plan that leaves expert 3 unhosted.
+        let mut bad = plan();
+        bad.layers.get_mut("1").unwrap()[1] = vec![0];
+        let err = Evaluator::new(&bad, &shape(), p.clone(), opts()).unwrap_err();
+        assert!(err.to_string().contains("expert 3 is not hosted"), "{err}");
+        // A source whose expert count differs from the plan's.
+        let mut ev = Evaluator::new(&plan(), &shape(), p.clone(), opts()).unwrap();
+        let err = ev.add(&counts(vec![1; 6])).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("layer 1 has 6 experts, the model has 4"),
+            "{err}"
+        );
+        let err = ev.add(&request(vec![0, 7])).unwrap_err();
+        assert!(err.to_string().contains("expert 7 out of range"), "{err}");
+        assert_eq!(ev.finish().items, 0);
+        let o = EvalOptions {
+            ranks_per_node: Some(3),
+            ..EvalOptions::default()
+        };
+        assert!(matches!(
+            Evaluator::new(&plan(), &shape(), p, o),
+            Err(EvalError::RanksPerNode { .. })
+        ));
     }
 }

@@ -44,7 +44,7 @@ pub(crate) fn eplb_layer(input: &PlanInput, weight: &[f64]) -> Vec<Vec<u32>> {
     let nodes = input.num_nodes();
     let rpn = n / nodes;
     let hierarchical = nodes > 1
-        && input.num_groups % nodes == 0
+        && input.num_groups.is_multiple_of(nodes)
         // Each node's redundant copies must fit as distinct experts on its ranks.
         && input.redundant_per_rank * rpn <= (rpn - 1) * (e / nodes);
     let (groups, nodes, rpn) = if hierarchical {

@@ -213,7 +213,7 @@ impl PlanInput {
         if n == 0 {
             return Err(PlannerError::NoRanks);
         }
-        if e % n != 0 {
+        if !e.is_multiple_of(n) {
             return Err(PlannerError::Indivisible {
                 experts: e,
                 ranks: n,
@@ -230,14 +230,14 @@ impl PlanInput {
             });
         }
         if let Some(rpn) = self.ranks_per_node {
-            if rpn == 0 || n % rpn != 0 {
+            if rpn == 0 || !n.is_multiple_of(rpn) {
                 return Err(PlannerError::RanksPerNode {
                     ranks_per_node: rpn,
                     ranks: n,
                 });
             }
         }
-        if self.num_groups == 0 || e % self.num_groups != 0 {
+        if self.num_groups == 0 || !e.is_multiple_of(self.num_groups) {
             return Err(PlannerError::Groups {
                 groups: self.num_groups,
                 experts: e,

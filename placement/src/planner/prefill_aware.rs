@@ -13,10 +13,13 @@ pub enum PrefillAwareVariant {
     /// Dup, as published: the contiguous layout, plus `R` replicas per rank added one at a
     /// time, each the (expert, rank) pair that lowers the maximum rank cost most.
     Dup,
-    /// Whichever of Dup, Dup followed by the swap search, and Remap gives the lowest
-    /// modelled maximum rank cost on the planning data, layer by layer. The paper keeps the
-    /// contiguous base under Dup; choosing by cost makes the result never worse than either
-    /// form (and, in practice, than EPLB at the same slot budget).
+    /// Whichever of Dup, Remap (with Dup's replicas), and Remap applied to copies (replicas
+    /// first, each to the expert whose copies cost most, then all copies by cost to the
+    /// least-loaded rank, then the swap search) gives the lowest modelled maximum rank cost
+    /// on the planning data, layer by layer. The paper keeps the contiguous base under Dup;
+    /// a contiguous base keeps whole expert groups together on a rank, which balances the
+    /// planning data but not a shifted workload (on the DeepSeek-V3 counts, decode), so the
+    /// swap search is never applied to it.
     Auto,
 }
 
@@ -71,22 +74,53 @@ pub(crate) fn layer(input: &PlanInput, i: usize, variant: PrefillAwareVariant) -
         refine(&mut r, &tokens, &cost);
         r
     };
+    // Remap applied to copies: replicas first, each to the expert whose copies cost most
+    // (the choice that lowers the maximum most when copies can go anywhere), then every copy
+    // by cost, descending, to the least-loaded rank with room.
+    let remap_copies = || {
+        let k = replicate_by_cost(&tokens, &cost, n * slots, n);
+        let items: Vec<(u32, f64)> = (0..e)
+            .flat_map(|x| std::iter::repeat_n((x as u32, cost(tokens[x] / k[x] as f64)), k[x]))
+            .collect();
+        let mut r = layout::pack(&items, n, slots);
+        refine(&mut r, &tokens, &cost);
+        r
+    };
     match variant {
         PrefillAwareVariant::Dup => dup_only(),
         PrefillAwareVariant::Remap => remap(),
-        PrefillAwareVariant::Auto => {
-            let a = dup_only();
-            let mut b = a.clone();
-            refine(&mut b, &tokens, &cost);
-            let c = remap();
-            [a, b, c]
-                .into_iter()
-                .map(|r| (max_cost(&r, &tokens, &cost), r))
-                .min_by(|x, y| x.0.total_cmp(&y.0))
-                .map(|x| x.1)
-                .unwrap_or_default()
+        PrefillAwareVariant::Auto => [dup_only(), remap(), remap_copies()]
+            .into_iter()
+            .map(|r| (max_cost(&r, &tokens, &cost), r))
+            .min_by(|x, y| x.0.total_cmp(&y.0))
+            .map(|x| x.1)
+            .unwrap_or_default(),
+    }
+}
+
+/// Copies per expert when `num_copies` slots are handed out one at a time to the expert
+/// whose copies cost most (at most `max_copies` each).
+fn replicate_by_cost(
+    tokens: &[f64],
+    cost: &dyn Fn(f64) -> f64,
+    num_copies: usize,
+    max_copies: usize,
+) -> Vec<usize> {
+    let mut k = vec![1usize; tokens.len()];
+    for _ in tokens.len()..num_copies {
+        let best = (0..tokens.len())
+            .filter(|&x| k[x] < max_copies)
+            .max_by(|&a, &b| {
+                cost(tokens[a] / k[a] as f64)
+                    .total_cmp(&cost(tokens[b] / k[b] as f64))
+                    .then(b.cmp(&a))
+            });
+        match best {
+            Some(x) => k[x] += 1,
+            None => break,
         }
     }
+    k
 }
 
 /// The busiest rank's cost.
