@@ -65,18 +65,40 @@ pub fn fill_ring(ranks: &mut [Vec<u32>], slots: usize) {
 /// hold the expert, a lighter item of another pack is moved over to make room, so that no
 /// pack ever holds an expert twice. Ties go to the lower pack index.
 pub fn pack(items: &[(u32, f64)], n: usize, cap: usize) -> Vec<Vec<u32>> {
+    pack_spread(items, n, cap, 1)
+}
+
+/// [`pack`], also spreading expert groups (`groups` equal blocks of consecutive expert ids,
+/// the router's groups): a pack takes no more than its even share (rounded up) of a group's
+/// items while another pack with room is under it.
+pub fn pack_spread(items: &[(u32, f64)], n: usize, cap: usize, groups: usize) -> Vec<Vec<u32>> {
+    let num_experts = items.iter().map(|x| x.0 as usize + 1).max().unwrap_or(0);
+    let groups = groups.max(1);
+    let group_size = num_experts.div_ceil(groups).max(1);
+    let group = |e: u32| e as usize / group_size;
+    let mut share = vec![0usize; groups];
+    for &(e, _) in items {
+        share[group(e).min(groups - 1)] += 1;
+    }
+    let limit: Vec<usize> = share.iter().map(|&c| c.div_ceil(n)).collect();
+    let mut held = vec![vec![0usize; groups]; n];
     let mut order: Vec<usize> = (0..items.len()).collect();
     order.sort_by(|&a, &b| items[b].1.total_cmp(&items[a].1).then(a.cmp(&b)));
     let mut packs: Vec<Vec<(u32, f64)>> = vec![Vec::with_capacity(cap); n];
     let mut loads = vec![0.0f64; n];
     for i in order {
         let (e, w) = items[i];
-        let free = (0..n)
-            .filter(|&p| packs[p].len() < cap && !packs[p].iter().any(|x| x.0 == e))
-            .min_by(|&a, &b| loads[a].total_cmp(&loads[b]).then(a.cmp(&b)));
-        if let Some(p) = free {
+        let g = group(e).min(groups - 1);
+        let lightest = |spread: bool| {
+            (0..n)
+                .filter(|&p| packs[p].len() < cap && !packs[p].iter().any(|x| x.0 == e))
+                .filter(|&p| !spread || held[p][g] < limit[g])
+                .min_by(|&a, &b| loads[a].total_cmp(&loads[b]).then(a.cmp(&b)))
+        };
+        if let Some(p) = lightest(groups > 1).or_else(|| lightest(false)) {
             packs[p].push((e, w));
             loads[p] += w;
+            held[p][g] += 1;
             continue;
         }
         // Every pack with room holds `e`: take one, `p`, and trade an item of another pack
@@ -193,6 +215,18 @@ mod tests {
             assert_eq!(rank.len(), 2);
             assert_eq!(rank.iter().filter(|&&e| e == 0).count(), 1);
         }
+    }
+
+    #[test]
+    fn pack_spread_spreads_groups() {
+        // Two groups of four equal experts over two packs: two of each group per pack.
+        let items: Vec<(u32, f64)> = (0..8).map(|e| (e, 1.0)).collect();
+        let p = pack_spread(&items, 2, 4, 2);
+        for rank in &p {
+            assert_eq!(rank.iter().filter(|&&e| e < 4).count(), 2, "{p:?}");
+        }
+        // Without groups, plain balanced packing alternates by index.
+        assert_eq!(pack(&items, 2, 4), vec![vec![0, 2, 4, 6], vec![1, 3, 5, 7]]);
     }
 
     #[test]

@@ -76,13 +76,15 @@ pub(crate) fn layer(input: &PlanInput, i: usize, variant: PrefillAwareVariant) -
     };
     // Remap applied to copies: replicas first, each to the expert whose copies cost most
     // (the choice that lowers the maximum most when copies can go anywhere), then every copy
-    // by cost, descending, to the least-loaded rank with room.
+    // by cost, descending, to the least-loaded rank with room, spreading the router's expert
+    // groups over the ranks (experts of a group rise and fall together when the workload
+    // shifts, e.g. from prefill to decode, so a rank full of one group is fragile).
     let remap_copies = || {
         let k = replicate_by_cost(&tokens, &cost, n * slots, n);
         let items: Vec<(u32, f64)> = (0..e)
             .flat_map(|x| std::iter::repeat_n((x as u32, cost(tokens[x] / k[x] as f64)), k[x]))
             .collect();
-        let mut r = layout::pack(&items, n, slots);
+        let mut r = layout::pack_spread(&items, n, slots, input.num_groups);
         refine(&mut r, &tokens, &cost);
         r
     };
