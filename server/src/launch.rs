@@ -142,7 +142,7 @@ pub fn start_local_group(
     })
 }
 
-/// Parses `MOEFLOW_WORKER_READY rank=R control=ADDR`.
+/// Parses `MOEFLOW_WORKER_READY rank=R ... control=ADDR` (other `key=value` fields ignored).
 fn parse_ready(line: &str) -> Option<(usize, String)> {
     let rest = line.strip_prefix("MOEFLOW_WORKER_READY ")?;
     let mut rank = None;
@@ -279,6 +279,10 @@ mod tests {
         assert_eq!(
             parse_ready("MOEFLOW_WORKER_READY rank=2 control=127.0.0.1:4000"),
             Some((2, "127.0.0.1:4000".into()))
+        );
+        assert_eq!(
+            parse_ready("MOEFLOW_WORKER_READY rank=1 world_size=2 leader=l-0.l control=h:1"),
+            Some((1, "h:1".into()))
         );
         assert_eq!(parse_ready("MOEFLOW_WORKER_READY rank=x control=a"), None);
         assert_eq!(parse_ready("hello"), None);

@@ -4,7 +4,15 @@
 //! address), loads the dense weights and exactly the routed experts its placement plan gives
 //! its rank, connects to its peers, and then serves the `Worker` gRPC API through which the
 //! coordinator drives it step by step. On start-up it prints one line
-//! `MOEFLOW_WORKER_READY rank=R control=HOST:PORT` on stdout, so a launcher can find it.
+//! `MOEFLOW_WORKER_READY rank=R world_size=N [leader=ADDR] control=HOST:PORT` on stdout, so a
+//! launcher can find it.
+//!
+//! In a Kubernetes LeaderWorkerSet pod it reads the group's position from the environment the
+//! LWS controller injects: `LWS_WORKER_INDEX` is the rank it asks for, `LWS_GROUP_SIZE` must
+//! equal the size of the group it joins, and `LWS_LEADER_ADDRESS` (the pod of index 0) is
+//! reported. Groups form through the router's registry (`--router`), which hosts one
+//! coordinator per group, not through the leader pod: so a rank's pod index is its rank, and
+//! a router configured for another group size is an error at start-up, not a hang.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -49,6 +57,11 @@ pub struct Args {
     /// A fixed rank instead of the next free one. LeaderWorkerSet: LWS_WORKER_INDEX.
     #[arg(long, env = "LWS_WORKER_INDEX")]
     pub rank: Option<usize>,
+    /// Address of the group's rank-0 pod. LeaderWorkerSet: LWS_LEADER_ADDRESS. Reported in the
+    /// log and the ready line so a rank can be tied to its LWS group; formation itself goes
+    /// through the router's registry (or --coordinator).
+    #[arg(long, env = "LWS_LEADER_ADDRESS")]
+    pub leader_address: Option<String>,
     /// Group id every rank must share (two groups on one host never cross-connect).
     #[arg(long, default_value = "")]
     pub group_id: String,
@@ -102,6 +115,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (Some(router), Some(role)) => Some(discover(router, role)?),
         _ => None,
     };
+    let plan_source = match (&discovered, &args.plan, &args.role) {
+        (Some(_), _, Some(role)) => format!("the router's {role} group"),
+        (None, Some(p), _) => format!("the plan {}", p.display()),
+        _ => "the group".to_string(),
+    };
     let plan = match (&discovered, &args.plan, args.world_size) {
         (Some(d), _, _) => serde_json::from_str::<PlacementPlan>(&d.plan_json)
             .context("the router's placement plan")
@@ -126,6 +144,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .map_or_else(|| args.group_id.clone(), |d| d.group_id.clone());
     plan.check_target(&target)
         .context("the placement plan does not fit the model")?;
+    check_position(args.world_size, args.rank, plan.num_ranks, &plan_source)?;
     let identity = GroupIdentity {
         group_id,
         model_fingerprint: model_fingerprint(&args.model)?,
@@ -134,7 +153,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&args.comm_listen)
         .with_context(|| format!("binding {}", args.comm_listen))?;
     let address = listener.local_addr()?.to_string();
-    tracing::info!(%address, coordinator = %coordinator, "joining group");
+    tracing::info!(
+        %address,
+        coordinator = %coordinator,
+        requested_rank = ?args.rank,
+        leader = args.leader_address.as_deref().unwrap_or("-"),
+        "joining group"
+    );
     let membership = join_blocking(
         &coordinator,
         JoinRequest {
@@ -156,8 +181,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(
         rank,
         world_size = membership.world_size,
+        leader = args.leader_address.as_deref().unwrap_or("-"),
         "joined; loading weights"
     );
+    let world_size = membership.world_size;
+    let leader = args
+        .leader_address
+        .as_deref()
+        .map(|l| format!(" leader={l}"))
+        .unwrap_or_default();
     let filter = |layer: usize, e: u32| plan.hosts(layer, rank, e);
     let model = Transformer::load(
         &args.model,
@@ -203,7 +235,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {}", args.control_listen))?;
         let addr = control.local_addr()?;
-        println!("MOEFLOW_WORKER_READY rank={rank} control={addr}");
+        println!("MOEFLOW_WORKER_READY rank={rank} world_size={world_size}{leader} control={addr}");
         if let (Some(router), Some(role)) = (&args.router, &args.role) {
             let control_address = format!("{}:{}", args.advertise_host, addr.port());
             let mut client =
@@ -301,4 +333,48 @@ fn discover(router: &str, role: &str) -> anyhow::Result<moeflow_proto::v1::Disco
             .with_context(|| format!("asking the router at {router} for the {role} group"))?;
         Ok(r.into_inner())
     })
+}
+
+/// Checks the position the pod claims (`LWS_GROUP_SIZE`, `LWS_WORKER_INDEX` or the flags)
+/// against the group it joins, so a LeaderWorkerSet sized differently from the router's group
+/// fails at start-up with both numbers instead of waiting for ranks that never come.
+fn check_position(
+    world_size: Option<usize>,
+    rank: Option<usize>,
+    group_ranks: usize,
+    group: &str,
+) -> anyhow::Result<()> {
+    if let Some(n) = world_size {
+        if n != group_ranks {
+            bail!("--world-size (LWS_GROUP_SIZE) is {n} but {group} has {group_ranks} ranks");
+        }
+    }
+    if let Some(r) = rank {
+        if r >= group_ranks {
+            bail!("--rank (LWS_WORKER_INDEX) is {r} but {group} has ranks 0..{group_ranks}");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_position;
+
+    #[test]
+    fn position_must_fit_the_group() {
+        assert!(check_position(None, None, 2, "g").is_ok());
+        assert!(check_position(Some(2), Some(1), 2, "g").is_ok());
+        let size = check_position(Some(3), Some(0), 2, "the router's decode group")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            size.contains("LWS_GROUP_SIZE") && size.contains("decode"),
+            "{size}"
+        );
+        let rank = check_position(Some(2), Some(2), 2, "g")
+            .unwrap_err()
+            .to_string();
+        assert!(rank.contains("LWS_WORKER_INDEX"), "{rank}");
+    }
 }
