@@ -310,9 +310,95 @@ pub fn build(group: &RowGroup) -> Result<RequestTrace, FormatError> {
     })
 }
 
+/// Renders one request as JSONL rows in the layout [`build`] reads back: per MoE layer, the
+/// prompt rows (`token_pos` rising) and then the generated rows (`token_pos` 0, in order).
+/// `dataset` is the workload label (`default` without one), `problem_id` the request id.
+/// Tokens not captured at a layer ([`MISSING_EXPERT`]) get no row, as the recorders that
+/// write this layout do.
+pub fn render(r: &RequestTrace, out: &mut String) {
+    use std::fmt::Write as _;
+    let dataset = serde_json::Value::from(r.workload.as_deref().unwrap_or("default"));
+    let pid = serde_json::Value::from(r.id.as_str());
+    let mut layers: Vec<u32> = r
+        .iterations
+        .iter()
+        .flat_map(|it| it.layers.iter().map(|l| l.layer))
+        .collect();
+    layers.sort_unstable();
+    layers.dedup();
+    for layer in layers {
+        let mut generated = false;
+        for it in &r.iterations {
+            let Some(lr) = it.layer(layer as usize) else {
+                continue;
+            };
+            generated |= it.phase == Phase::Decode;
+            for t in 0..lr.num_tokens() {
+                if !lr.present(t) {
+                    continue;
+                }
+                let k = lr.top_k as usize;
+                let weights = lr.weights.as_ref().map(|w| &w[t * k..(t + 1) * k]);
+                let pos = if generated { 0 } else { t };
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({
+                        "dataset": dataset,
+                        "problem_id": pid,
+                        "layer": layer,
+                        "token_pos": pos,
+                        "experts": lr.token(t),
+                        "gating_probs": weights,
+                    })
+                );
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn render_round_trips_through_build() {
+        let lr = |layer, experts: Vec<u16>| LayerRouting {
+            layer,
+            top_k: 2,
+            weights: Some(experts.iter().map(|&e| f32::from(e) / 10.0).collect()),
+            experts,
+        };
+        let r = RequestTrace {
+            id: "7".into(),
+            workload: Some("w".into()),
+            prompt_len: 2,
+            started_ms: None,
+            finished_ms: None,
+            iterations: vec![
+                Iteration {
+                    phase: Phase::Prefill,
+                    layers: vec![lr(0, vec![1, 2, 3, 4]), lr(1, vec![5, 6, 7, 0])],
+                },
+                Iteration {
+                    phase: Phase::Decode,
+                    layers: vec![lr(0, vec![2, 1]), lr(1, vec![0, 3])],
+                },
+                Iteration {
+                    phase: Phase::Decode,
+                    layers: vec![lr(0, vec![4, 5]), lr(1, vec![6, 7])],
+                },
+            ],
+        };
+        let mut text = String::new();
+        render(&r, &mut text);
+        let g = groups(&text);
+        assert_eq!(g.len(), 1);
+        let back = build(g[0].as_ref().unwrap()).unwrap();
+        assert_eq!(back.id, "w/7");
+        assert_eq!(back.iterations, r.iterations);
+        assert_eq!(back.prompt_len, 2);
+    }
 
     fn groups(text: &str) -> Vec<Result<RowGroup, FormatError>> {
         Groups::new(text.as_bytes()).collect()

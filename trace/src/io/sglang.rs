@@ -75,9 +75,33 @@ pub fn parse(
     })
 }
 
+/// Renders counts in SGLang's layout, `num_layers` rows of `num_experts` counts; layers
+/// without counts (dense) are all-zero rows, as SGLang writes them.
+pub fn render(c: &CountsTrace, num_layers: usize, num_experts: usize) -> String {
+    let rows: Vec<Vec<u64>> = (0..num_layers)
+        .map(|l| match c.counts.get(l) {
+            Some(Some(v)) => v.clone(),
+            _ => vec![0; num_experts],
+        })
+        .collect();
+    serde_json::json!({ "logical_count": rows }).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn render_round_trips() {
+        let c = CountsTrace {
+            id: "x".into(),
+            workload: None,
+            phase: None,
+            counts: vec![None, Some(vec![3, 1])],
+        };
+        let text = render(&c, 2, 2);
+        assert_eq!(parse(text.as_bytes(), "x".into(), None, None).unwrap(), c);
+    }
 
     #[test]
     fn parses_counts_and_marks_dense_layers() {
