@@ -8,11 +8,15 @@
 //! ([`CountsTrace`]) support only the frequency ones, and consumers must say "not available"
 //! for the rest rather than report zero.
 
+pub mod analysis;
 mod load;
 mod model;
+pub mod synth;
 
+pub use analysis::{write_report, AnalysisError, AnalysisReport, Analyzer, AnalyzerConfig};
 pub use load::{LayerLoad, LoadSummary, PhaseLoad};
 pub use model::{
     CountsTrace, Iteration, LayerRouting, ModelShape, Phase, RequestTrace, TraceItem,
     TraceModelError, MISSING_EXPERT,
 };
+pub use synth::{SynthConfig, SynthError, SynthGenerator};
