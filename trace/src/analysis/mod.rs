@@ -22,8 +22,10 @@
 //! layer); memory is independent of the number of requests (about 150 MB for DeepSeek-V3's
 //! 58 layers x 256 experts with every statistic on, most of it the transition matrices).
 
+mod buffer;
 pub mod coactivation;
 pub mod compare;
+pub mod counters;
 pub mod frequency;
 mod markdown;
 mod plot;
@@ -37,8 +39,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::load::{LoadSummary, PhaseLoad};
-use crate::model::{Iteration, ModelShape, Phase, RequestTrace, TraceItem, TraceModelError};
+use crate::model::{ModelShape, Phase, RequestTrace, TraceItem, TraceModelError};
 use crate::MISSING_EXPERT;
+use buffer::TokenBuffer;
 use coactivation::PairCounts;
 use frequency::HotSpec;
 use transition::TransitionCounts;
@@ -142,13 +145,6 @@ impl AnalyzerConfig {
 
 const PHASES: usize = 2;
 
-fn phase_index(p: Phase) -> usize {
-    match p {
-        Phase::Prefill => 0,
-        Phase::Decode => 1,
-    }
-}
-
 /// Mergeable accumulator of every statistic; see the module doc.
 #[derive(Debug, Clone)]
 pub struct Analyzer {
@@ -165,7 +161,15 @@ pub struct Analyzer {
     /// One slot per MoE layer: adjacent decode tokens of one request.
     token_transitions: Option<TransitionCounts>,
     inputs: InputSummary,
+    /// Reused grouping space of the batched updates; holds no statistic.
+    scratch: counters::RowBatch,
+    /// Prefill and decode tokens not yet applied to `pairs` and the transitions.
+    buffers: [TokenBuffer; PHASES],
 }
+
+/// Tokens per phase buffered before the per-token counters are updated: enough that sweeping
+/// a 256 KiB matrix is amortised over many tokens, few enough to stay a few MB.
+const FLUSH_TOKENS: usize = 4096;
 
 impl Analyzer {
     pub fn new(shape: ModelShape, config: AnalyzerConfig) -> Result<Self, AnalysisError> {
@@ -191,20 +195,22 @@ impl Analyzer {
             }
             moe_index[l] = i as u32;
         }
-        let (e, n) = (shape.num_experts, shape.moe_layers.len());
+        let (e, n, k) = (shape.num_experts, shape.moe_layers.len(), shape.top_k);
         Ok(Self {
             pairs: config
                 .coactivation
-                .then(|| (0..PHASES).map(|_| PairCounts::new(n, e)).collect()),
+                .then(|| (0..PHASES).map(|_| PairCounts::new(n, e, k)).collect()),
             layer_transitions: config.transitions.then(|| {
                 (0..PHASES)
-                    .map(|_| TransitionCounts::new(n.saturating_sub(1), e))
+                    .map(|_| TransitionCounts::new(n.saturating_sub(1), e, k))
                     .collect()
             }),
-            token_transitions: config.transitions.then(|| TransitionCounts::new(n, e)),
+            token_transitions: config.transitions.then(|| TransitionCounts::new(n, e, k)),
             moe_index,
             profiles: BTreeMap::new(),
             inputs: InputSummary::default(),
+            scratch: counters::RowBatch::default(),
+            buffers: [TokenBuffer::new(n, k), TokenBuffer::new(n, k)],
             shape,
             config,
         })
@@ -236,91 +242,85 @@ impl Analyzer {
         Ok(())
     }
 
-    fn slot(&self, layer: u32) -> Option<usize> {
-        match self.moe_index.get(layer as usize) {
-            Some(&i) if i != u32::MAX => Some(i as usize),
-            _ => None,
-        }
-    }
-
+    /// Queues a request's tokens for the per-token statistics; applied in batches.
     fn add_request(&mut self, r: &RequestTrace) {
-        let mut prev_decode: Option<&Iteration> = None;
         for it in &r.iterations {
-            let p = phase_index(it.phase);
             let tokens = it.num_tokens() as u64;
             match it.phase {
                 Phase::Prefill => self.inputs.prefill_tokens += tokens,
                 Phase::Decode => self.inputs.decode_tokens += tokens,
             }
-            if self.pairs.is_some() {
-                for lr in &it.layers {
-                    let Some(slot) = self.slot(lr.layer) else {
-                        continue;
-                    };
-                    if let Some(pairs) = &mut self.pairs {
-                        for t in 0..lr.num_tokens() {
-                            pairs[p].add(slot, lr.token(t));
-                        }
-                    }
-                }
-            }
-            if self.layer_transitions.is_some() {
-                for w in it.layers.windows(2) {
-                    let (Some(a), Some(b)) = (self.slot(w[0].layer), self.slot(w[1].layer)) else {
-                        continue;
-                    };
-                    if b != a + 1 {
-                        continue;
-                    }
-                    if let Some(lt) = &mut self.layer_transitions {
-                        let n = w[0].num_tokens().min(w[1].num_tokens());
-                        for t in 0..n {
-                            lt[p].add(a, w[0].token(t), w[1].token(t));
-                        }
-                    }
-                }
-            }
-            if it.phase == Phase::Decode {
-                if let Some(prev) = prev_decode {
-                    self.add_token_step(prev, it);
-                }
-                prev_decode = Some(it);
-            } else {
-                prev_decode = None;
-            }
+        }
+        if self.pairs.is_none() && self.layer_transitions.is_none() {
+            return;
+        }
+        let moe = &self.moe_index;
+        let slot = |layer: u32| match moe.get(layer as usize) {
+            Some(&i) if i != u32::MAX => Some(i as usize),
+            _ => None,
+        };
+        let mut prev_decode = false;
+        for it in &r.iterations {
+            let decode = it.phase == Phase::Decode;
+            self.buffers[usize::from(decode)].push(it, slot, decode && prev_decode);
+            prev_decode = decode;
+        }
+        if self.buffers.iter().any(|b| b.tokens() >= FLUSH_TOKENS) {
+            self.flush();
         }
     }
 
-    /// Adjacent decode iterations: pairs layers by id (both lists ascending).
-    fn add_token_step(&mut self, prev: &Iteration, next: &Iteration) {
-        if self.token_transitions.is_none() {
-            return;
-        }
-        let (mut i, mut j) = (0, 0);
-        while i < prev.layers.len() && j < next.layers.len() {
-            let (a, b) = (&prev.layers[i], &next.layers[j]);
-            match a.layer.cmp(&b.layer) {
-                std::cmp::Ordering::Less => i += 1,
-                std::cmp::Ordering::Greater => j += 1,
-                std::cmp::Ordering::Equal => {
-                    if let (Some(slot), Some(tt)) =
-                        (self.slot(a.layer), self.token_transitions.as_mut())
-                    {
-                        if a.num_tokens() >= 1 && b.num_tokens() >= 1 {
-                            tt.add(slot, a.token(0), b.token(0));
-                        }
+    /// Applies the queued tokens to the per-token counters, one matrix at a time. [`Analyzer::add`]
+    /// does this every few thousand tokens and the report does it at the end; call it to time
+    /// or to bound the work done so far.
+    pub fn flush(&mut self) {
+        let scratch = &mut self.scratch;
+        let n = self.shape.moe_layers.len();
+        for (p, buf) in self.buffers.iter().enumerate() {
+            let tokens = buf.tokens();
+            if tokens == 0 {
+                continue;
+            }
+            if let Some(pairs) = &mut self.pairs {
+                for m in 0..n {
+                    pairs[p].add_batch(m, tokens, |t| buf.sel(m, t), scratch);
+                }
+            }
+            if let Some(lt) = &mut self.layer_transitions {
+                for m in 0..n.saturating_sub(1) {
+                    lt[p].add_batch(m, tokens, |t| (buf.sel(m, t), buf.sel(m + 1, t)), scratch);
+                }
+            }
+            if p == 1 {
+                if let Some(tt) = &mut self.token_transitions {
+                    let next = buf.followers();
+                    for m in 0..n {
+                        tt.add_batch(
+                            m,
+                            next.len(),
+                            |i| (buf.sel(m, next[i] - 1), buf.sel(m, next[i])),
+                            scratch,
+                        );
                     }
-                    i += 1;
-                    j += 1;
                 }
             }
         }
+        self.buffers.iter_mut().for_each(TokenBuffer::clear);
+    }
+
+    fn pending(&self) -> bool {
+        self.buffers.iter().any(|b| b.tokens() > 0)
     }
 
     /// Adds what another analyzer (same shape and config) folded.
     pub fn merge(&mut self, other: &Analyzer) -> Result<(), AnalysisError> {
         if self.shape != other.shape || self.config != other.config {
             return Err(AnalysisError::Mismatch);
+        }
+        if other.pending() {
+            let mut flushed = other.clone();
+            flushed.flush();
+            return self.merge(&flushed);
         }
         for (label, summary) in &other.profiles {
             match self.profiles.get_mut(label) {
@@ -352,12 +352,18 @@ impl Analyzer {
         all
     }
 
-    pub fn finish(self) -> AnalysisReport {
+    pub fn finish(mut self) -> AnalysisReport {
+        self.flush();
         self.report()
     }
 
     /// The report of what was folded so far.
     pub fn report(&self) -> AnalysisReport {
+        if self.pending() {
+            let mut flushed = self.clone();
+            flushed.flush();
+            return flushed.report();
+        }
         let hot = self.config.hot();
         let all = self.load_summary();
         let moe = &self.shape.moe_layers;

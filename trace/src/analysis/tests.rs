@@ -1,5 +1,5 @@
 use super::*;
-use crate::model::{CountsTrace, LayerRouting};
+use crate::model::{CountsTrace, Iteration, LayerRouting};
 
 fn shape() -> ModelShape {
     ModelShape {
@@ -92,12 +92,14 @@ fn aggregate_counts_leave_per_token_statistics_unavailable() {
 fn per_token_statistics_count_what_they_should() {
     let mut a = Analyzer::new(shape(), AnalyzerConfig::default()).unwrap();
     a.add(&request("w")).unwrap();
+    a.flush();
     let lt = a.layer_transitions.as_ref().unwrap();
     // Prefill, layer 1 -> 2: token 0 {0,1} -> {1,2}, token 1 {2,3} -> {3,4}.
     let e = 6;
+    let cell = |row: usize, col: usize| row * e + col;
     let m = lt[0].slot(0);
-    assert_eq!(m[0 * e + 1], 1);
-    assert_eq!(m[2 * e + 4], 1);
+    assert_eq!(m[cell(0, 1)], 1);
+    assert_eq!(m[cell(2, 4)], 1);
     assert_eq!(m.iter().sum::<u64>(), 8);
     // Decode 1 -> 2: the second step has a missing expert at layer 2.
     let d = lt[1].slot(0);
@@ -105,13 +107,13 @@ fn per_token_statistics_count_what_they_should() {
     // Token level at layer 1: {0,1}->{0,1}, {0,1}->{0,5}.
     let tt = a.token_transitions.as_ref().unwrap();
     let t = tt.slot(0);
-    assert_eq!(t[0 * e + 0], 2);
-    assert_eq!(t[1 * e + 5], 1);
+    assert_eq!(t[cell(0, 0)], 2);
+    assert_eq!(t[cell(1, 5)], 1);
     assert_eq!(tt.observations, vec![2, 2, 2]);
     // Pairs at layer 2, decode: (1,2) twice, the half-missing token adds no pair.
     let p = &a.pairs.as_ref().unwrap()[1];
     assert_eq!(p.tokens[1], 3);
-    assert_eq!(p.pairs[crate::load::pair_index(1, 2, 6) + 15], 2);
+    assert_eq!(p.pair(1, 1, 2), 2);
 
     let r = a.report();
     assert!(r.layer_transitions.all.as_ref().unwrap().coverage.is_some());

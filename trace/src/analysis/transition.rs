@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::counters::{Counters, RowBatch};
 use super::stats::top_count;
 use crate::MISSING_EXPERT;
 
@@ -16,17 +17,18 @@ use crate::MISSING_EXPERT;
 #[derive(Debug, Clone, PartialEq)]
 pub struct TransitionCounts {
     pub num_experts: usize,
-    /// `slots * E * E` counters, slot-major, then row (from-expert), then column.
-    pub counts: Vec<u64>,
+    /// Per slot, row (from-expert) major.
+    cells: Counters,
     /// Tokens (or token pairs) that contributed, per slot.
     pub observations: Vec<u64>,
 }
 
 impl TransitionCounts {
-    pub fn new(slots: usize, num_experts: usize) -> Self {
+    /// `top_k` bounds how much one token can add to a cell (top_k² with repeated experts).
+    pub fn new(slots: usize, num_experts: usize, top_k: usize) -> Self {
         Self {
             num_experts,
-            counts: vec![0; slots * num_experts * num_experts],
+            cells: Counters::new(slots, num_experts * num_experts, top_k * top_k),
             observations: vec![0; slots],
         }
     }
@@ -35,43 +37,59 @@ impl TransitionCounts {
         self.observations.len()
     }
 
-    /// One token's selection at the first step (`from`) and the second (`to`). Missing
-    /// experts are skipped; a token missing entirely at either step adds nothing.
-    #[inline]
-    pub fn add(&mut self, slot: usize, from: &[u16], to: &[u16]) {
+    /// Tokens `0..n`, `pair(t)` giving token `t`'s selection at the first step and at the
+    /// second. Missing experts are skipped; a token missing entirely at either step is not
+    /// an observation. Updates go row by row (see [`RowBatch`]).
+    pub fn add_batch<'a>(
+        &mut self,
+        slot: usize,
+        n: usize,
+        pair: impl Fn(usize) -> (&'a [u16], &'a [u16]),
+        scratch: &mut RowBatch,
+    ) {
         let e = self.num_experts;
-        let base = slot * e * e;
-        let table = &mut self.counts[base..base + e * e];
-        let mut any = false;
-        for &i in from {
-            if i == MISSING_EXPERT {
-                continue;
-            }
-            let row = &mut table[i as usize * e..(i as usize + 1) * e];
-            for &j in to {
-                if j != MISSING_EXPERT {
-                    row[j as usize] += 1;
-                    any = true;
+        let chunk = self.cells.max_batch().max(1);
+        let mut start = 0;
+        while start < n {
+            let end = (start + chunk).min(n);
+            scratch.group(e, end - start, |t| pair(start + t).0);
+            let table = self.cells.observe(slot, end - start);
+            for i in 0..e {
+                let tokens = scratch.row(i);
+                if tokens.is_empty() {
+                    continue;
+                }
+                let row = &mut table[i * e..(i + 1) * e];
+                for &t in tokens {
+                    for &j in pair(start + t as usize).1 {
+                        if j != MISSING_EXPERT {
+                            row[j as usize] += 1;
+                        }
+                    }
                 }
             }
+            let valid = |s: &[u16]| s.iter().any(|&x| x != MISSING_EXPERT);
+            self.observations[slot] += (start..end)
+                .filter(|&t| {
+                    let (a, b) = pair(t);
+                    valid(a) && valid(b)
+                })
+                .count() as u64;
+            start = end;
         }
-        self.observations[slot] += u64::from(any);
     }
 
     pub fn merge(&mut self, other: &TransitionCounts) {
-        self.counts
-            .iter_mut()
-            .zip(&other.counts)
-            .for_each(|(a, b)| *a += b);
+        self.cells.merge(&other.cells);
         self.observations
             .iter_mut()
             .zip(&other.observations)
             .for_each(|(a, b)| *a += b);
     }
 
-    pub fn slot(&self, slot: usize) -> &[u64] {
-        let e2 = self.num_experts * self.num_experts;
-        &self.counts[slot * e2..(slot + 1) * e2]
+    /// The E x E counts of one slot, row-major.
+    pub fn slot(&self, slot: usize) -> Vec<u64> {
+        self.cells.block(slot)
     }
 }
 
@@ -167,7 +185,7 @@ pub fn report(
     let mut all = Coverage::default();
     let mut steps = Vec::with_capacity(counts.slots());
     for (s, &(from, to)) in layers.iter().enumerate().take(counts.slots()) {
-        let c = coverage(counts.slot(s), e, candidates);
+        let c = coverage(&counts.slot(s), e, candidates);
         all.covered += c.covered;
         all.total += c.total;
         all.marginal_covered += c.marginal_covered;
@@ -192,7 +210,7 @@ pub fn report(
             from_layer: steps[s].from_layer,
             to_layer: steps[s].to_layer,
             num_experts: e,
-            counts: counts.slot(s).to_vec(),
+            counts: counts.slot(s),
         });
     let covs = steps.iter().filter_map(|s| s.coverage);
     Some(TransitionReport {
@@ -212,11 +230,21 @@ pub fn report(
 mod tests {
     use super::*;
 
+    /// One token at a time, as a batch of one.
+    trait AddOne {
+        fn add(&mut self, slot: usize, from: &[u16], to: &[u16]);
+    }
+    impl AddOne for TransitionCounts {
+        fn add(&mut self, slot: usize, from: &[u16], to: &[u16]) {
+            self.add_batch(slot, 1, |_| (from, to), &mut RowBatch::default());
+        }
+    }
+
     #[test]
     fn deterministic_successor_covers_everything() {
         // E = 5, one candidate in the top 20%: if expert i is always followed by i+1, each row
         // has all its mass in one cell.
-        let mut t = TransitionCounts::new(1, 5);
+        let mut t = TransitionCounts::new(1, 5, 1);
         for i in 0..5u16 {
             for _ in 0..=i {
                 t.add(0, &[i], &[(i + 1) % 5]);
@@ -234,7 +262,7 @@ mod tests {
 
     #[test]
     fn uniform_successor_covers_the_uniform_share() {
-        let mut t = TransitionCounts::new(2, 10);
+        let mut t = TransitionCounts::new(2, 10, 1);
         for i in 0..10u16 {
             for j in 0..10u16 {
                 t.add(1, &[i], &[j]);
@@ -244,13 +272,13 @@ mod tests {
         assert!((r.coverage.unwrap() - 0.2).abs() < 1e-12);
         assert_eq!(r.steps[0].coverage, None);
         assert_eq!(r.representative.unwrap().from_layer, 1);
-        assert!(report(&TransitionCounts::new(1, 4), &[(0, 1)], 0.2).is_none());
+        assert!(report(&TransitionCounts::new(1, 4, 1), &[(0, 1)], 0.2).is_none());
     }
 
     #[test]
     fn merge_adds() {
-        let mut a = TransitionCounts::new(1, 3);
-        let mut b = TransitionCounts::new(1, 3);
+        let mut a = TransitionCounts::new(1, 3, 2);
+        let mut b = TransitionCounts::new(1, 3, 2);
         a.add(0, &[0, 1], &[2]);
         b.add(0, &[0], &[2, 1]);
         a.merge(&b);
