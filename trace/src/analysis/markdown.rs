@@ -5,11 +5,16 @@ use std::fmt::Write;
 
 use super::frequency::PhaseFrequencies;
 use super::report::AnalysisReport;
+use super::stats::mean_some;
 use super::transition::TransitionReport;
 use super::workload::WorkloadProfile;
 
 fn f(v: Option<f64>) -> String {
     v.map_or_else(|| "n/a".into(), |x| format!("{x:.3}"))
+}
+
+fn times(v: Option<f64>) -> String {
+    v.map_or_else(|| "n/a".into(), |x| format!("{x:.2}x"))
 }
 
 fn pct(v: Option<f64>) -> String {
@@ -118,28 +123,46 @@ fn headline(s: &mut String, r: &AnalysisReport) {
         pct(tt.and_then(|t| t.independent_coverage)),
     );
     let pd = &r.prefill_vs_decode;
-    let cmp = pd.workloads.first().or(pd.overall.as_ref());
+    // Same workload in both phases where labels allow (the paper's comparison), else pooled.
+    let compared: Vec<&super::compare::PhaseComparison> = if pd.workloads.is_empty() {
+        pd.overall.iter().collect()
+    } else {
+        pd.workloads.iter().collect()
+    };
+    let scope = if pd.workloads.is_empty() {
+        "all data pooled"
+    } else {
+        "mean over workloads"
+    };
     let _ = writeln!(
         s,
-        "| prefill vs decode Spearman, mean over layers (share of layers ≥ 0.7) | {} ({}) | mostly ≥ 0.7 |",
-        f(pd.mean_spearman.or(pd.overall.as_ref().and_then(|c| c.mean_spearman))),
-        pct(cmp.and_then(|c| c.share_spearman_ge_0_7)),
+        "| prefill vs decode Spearman, mean over layers (share of layers ≥ 0.7); {scope} | {} ({}) | mostly ≥ 0.7 |",
+        f(mean_some(compared.iter().map(|c| c.mean_spearman))),
+        pct(mean_some(compared.iter().map(|c| c.share_spearman_ge_0_7))),
     );
     let _ = writeln!(
         s,
-        "| prefill vs decode Pearson, mean over layers | {} | |",
-        f(pd.mean_pearson
-            .or(pd.overall.as_ref().and_then(|c| c.mean_pearson))),
+        "| prefill vs decode Pearson, mean over layers; {scope} | {} | |",
+        f(mean_some(compared.iter().map(|c| c.mean_pearson))),
     );
-    if let Some(c) = pd.overall.as_ref() {
-        let covs: Vec<String> = c
-            .mean_coverage
+    if !compared.is_empty() {
+        let covs: Vec<String> = r
+            .config
+            .coverage_top_ns
             .iter()
-            .map(|t| format!("top-{}: {}", t.n, pct(t.share)))
+            .enumerate()
+            .map(|(k, n)| {
+                let share = mean_some(
+                    compared
+                        .iter()
+                        .map(|c| c.mean_coverage.get(k).and_then(|t| t.share)),
+                );
+                format!("top-{n}: {}", pct(share))
+            })
             .collect();
         let _ = writeln!(
             s,
-            "| top decode experts among top prefill experts (pooled) | {} | 60/75/90% |",
+            "| top decode experts among top prefill experts; {scope} | {} | 60/75/90% |",
             covs.join(", ")
         );
     }
@@ -152,9 +175,9 @@ fn headline(s: &mut String, r: &AnalysisReport) {
     );
     let _ = writeln!(
         s,
-        "| co-activation: top pairs over the random rate (max; mean) | {}x; {}x | 20-40x |\n",
-        f(co.and_then(|c| c.mean_top_ratio_max)),
-        f(co.and_then(|c| c.mean_top_ratio_mean)),
+        "| co-activation: top pairs over the random rate (max; mean) | {}; {} | 20-40x |\n",
+        times(co.and_then(|c| c.mean_top_ratio_max)),
+        times(co.and_then(|c| c.mean_top_ratio_mean)),
     );
 }
 
@@ -313,13 +336,13 @@ fn coactivation(s: &mut String, r: &AnalysisReport) {
     let _ = writeln!(
         s,
         "Top {} pairs per layer ({:.0}% of pairs): mean share of co-activations {} (uniform {}); \
-         their count over the random rate: max {}x, mean {}x (means over layers).\n",
+         their count over the random rate: max {}, mean {} (means over layers).\n",
         c.top_pairs_per_layer,
         100.0 * c.top_pair_fraction,
         pct(c.mean_top_share),
         pct(Some(c.uniform_share)),
-        f(c.mean_top_ratio_max),
-        f(c.mean_top_ratio_mean),
+        times(c.mean_top_ratio_max),
+        times(c.mean_top_ratio_mean),
     );
     let _ = writeln!(
         s,

@@ -52,6 +52,15 @@ fn heat(v: f64) -> RGBColor {
     RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
 }
 
+/// Layer and expert ids: integers only, no label between them.
+fn integer_label(x: &f64) -> String {
+    if (x - x.round()).abs() < 1e-6 {
+        format!("{:.0}", x)
+    } else {
+        String::new()
+    }
+}
+
 /// One line per named series of (x, y) points.
 fn line_plot(
     path: &Path,
@@ -90,6 +99,7 @@ fn line_plot(
         .configure_mesh()
         .x_desc(x_desc)
         .y_desc(y_desc)
+        .x_label_formatter(&integer_label)
         .draw()
         .map_err(&err)?;
     for (k, (name, points)) in series.iter().enumerate() {
@@ -139,17 +149,23 @@ fn heatmap(
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.0..cols as f64, 0.0..rows as f64)
+        .build_cartesian_2d(-0.5..cols as f64 - 0.5, -0.5..rows as f64 - 0.5)
         .map_err(&err)?;
+    // Cells are centred on integer coordinates, so that integer ticks name a cell.
     let labels = row_labels.to_vec();
     chart
         .configure_mesh()
         .disable_mesh()
         .x_desc(x_desc)
         .y_desc(y_desc)
+        .x_label_formatter(&integer_label)
         .y_label_formatter(&move |y: &f64| {
-            let i = y.floor() as usize;
-            labels.get(i).map_or(String::new(), |l| l.to_string())
+            if (y - y.round()).abs() > 1e-6 || *y < 0.0 {
+                return String::new();
+            }
+            labels
+                .get(y.round() as usize)
+                .map_or(String::new(), |l| l.to_string())
         })
         .draw()
         .map_err(&err)?;
@@ -158,8 +174,9 @@ fn heatmap(
         for c in 0..cols {
             let v = value(r, c);
             if v > 0.0 {
+                let (x, y) = (c as f64, r as f64);
                 cells.push(Rectangle::new(
-                    [(c as f64, r as f64), (c as f64 + 1.0, r as f64 + 1.0)],
+                    [(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)],
                     heat(v).filled(),
                 ));
             }
