@@ -5,8 +5,9 @@
 //! Model of a token's selection at MoE layer `m`, slot by slot in gate order:
 //! 1. token-to-token: each expert the previous decode token of the request chose at `m` is
 //!    re-selected with probability `token_correlation`;
-//! 2. layer-to-layer: each expert `e` the token chose at layer `m-1` brings `map_m(e)` (a fixed
-//!    random permutation per layer pair) with probability `layer_correlation`;
+//! 2. layer-to-layer: each expert `e` the token chose at layer `m-1` brings `map_m(e)` with
+//!    probability `layer_correlation`; `map_m` is fixed per workload and layer pair and maps
+//!    popularity rank to popularity rank, so it keeps each layer's skew;
 //! 3. the remaining slots are drawn from the popularity of (workload, phase, layer): Zipf with
 //!    exponent `zipf_exponent` (± `zipf_spread` per layer) over a per-layer random permutation
 //!    of the experts; each workload reshuffles a `workload_drift` share of the ranks, decode a
@@ -294,8 +295,9 @@ pub struct SynthGenerator {
     shape: ModelShape,
     /// `[workload][phase][moe layer]` cumulative popularity.
     popularity: Vec<[Vec<Vec<f64>>; 2]>,
-    /// `[moe layer pair][expert]`: the expert layer `m+1` follows expert `e` at `m` with.
-    layer_map: Vec<Vec<u16>>,
+    /// `[workload][moe layer pair][expert]`: the expert at layer `m+1` that follows expert `e`
+    /// at `m`.
+    layer_map: Vec<Vec<Vec<u16>>>,
     /// `[moe layer][expert]`: hot-pair partner or `MISSING_EXPERT`.
     partner: Vec<Vec<u16>>,
     /// Cumulative workload weights.
@@ -321,24 +323,34 @@ impl SynthGenerator {
             exponents.push(s.max(0.0));
         }
         let mut popularity = Vec::with_capacity(config.workloads.len());
+        let mut layer_map = Vec::with_capacity(config.workloads.len());
         for _ in &config.workloads {
             let mut pre = Vec::with_capacity(n);
             let mut dec = Vec::with_capacity(n);
+            let mut perms = Vec::with_capacity(n);
             for m in 0..n {
                 let w = partial_shuffle(&base[m], config.workload_drift, &mut rng);
                 let d = partial_shuffle(&w, config.decode_drift, &mut rng);
                 pre.push(cdf(&w, exponents[m]));
                 dec.push(cdf(&d, exponents[m]));
+                perms.push(w);
             }
             popularity.push([pre, dec]);
+            // Rank-preserving: the expert of popularity rank r at layer m leads to the expert
+            // of rank r at layer m+1 (in this workload's prefill order), so that correlated
+            // tokens keep each layer's skew.
+            layer_map.push(
+                (0..n.saturating_sub(1))
+                    .map(|m| {
+                        let mut map = vec![0u16; e];
+                        for (rank, &from) in perms[m].iter().enumerate() {
+                            map[from as usize] = perms[m + 1][rank];
+                        }
+                        map
+                    })
+                    .collect::<Vec<_>>(),
+            );
         }
-        let layer_map = (0..n.saturating_sub(1))
-            .map(|_| {
-                let mut p = identity.clone();
-                p.shuffle(&mut rng);
-                p
-            })
-            .collect();
         let partner = (0..n)
             .map(|_| {
                 let mut p = identity.clone();
@@ -400,10 +412,12 @@ impl SynthGenerator {
     }
 
     /// One token's selection at MoE layer index `m`.
+    #[allow(clippy::too_many_arguments)]
     fn select(
         &self,
         rng: &mut ChaCha8Rng,
         popularity: &[f64],
+        w: usize,
         m: usize,
         prev_layer: Option<&[u16]>,
         prev_token: Option<&[u16]>,
@@ -421,7 +435,7 @@ impl SynthGenerator {
         if let (Some(pl), true) = (prev_layer, m > 0) {
             for &e in pl {
                 if rng.random::<f64>() < c.layer_correlation {
-                    self.push(m, self.layer_map[m - 1][e as usize], out, rng);
+                    self.push(m, self.layer_map[w][m - 1][e as usize], out, rng);
                 }
             }
         }
@@ -488,7 +502,7 @@ impl SynthGenerator {
         for _ in 0..prompt_len {
             for m in 0..n {
                 let pl = (m > 0).then_some(prev_layer.as_slice());
-                self.select(&mut rng, &pop[m], m, pl, None, &mut sel);
+                self.select(&mut rng, &pop[m], w, m, pl, None, &mut sel);
                 let lr = &mut prefill[m];
                 lr.experts.extend_from_slice(&sel);
                 if let Some(ws) = &mut lr.weights {
@@ -509,7 +523,7 @@ impl SynthGenerator {
             for m in 0..n {
                 let pl = (m > 0).then_some(prev_layer.as_slice());
                 let pt = prev_token.get(m).map(Vec::as_slice);
-                self.select(&mut rng, &pop[m], m, pl, pt, &mut sel);
+                self.select(&mut rng, &pop[m], w, m, pl, pt, &mut sel);
                 layers[m].experts.extend_from_slice(&sel);
                 if let Some(ws) = &mut layers[m].weights {
                     self.gate_weights(&mut rng, ws);
