@@ -93,6 +93,9 @@ pub struct AnalyzerConfig {
     pub transitions: bool,
     /// How many of the hottest pairs the report lists.
     pub hottest_pairs: usize,
+    /// Tokens per phase queued before the per-token counters are updated (see
+    /// [`Analyzer::flush`]); results do not depend on it, speed and memory do.
+    pub batch_tokens: usize,
 }
 
 impl Default for AnalyzerConfig {
@@ -106,6 +109,7 @@ impl Default for AnalyzerConfig {
             coactivation: true,
             transitions: true,
             hottest_pairs: 20,
+            batch_tokens: 4096,
         }
     }
 }
@@ -131,6 +135,11 @@ impl AnalyzerConfig {
         }
         if self.top_n == 0 {
             return Err(AnalysisError::Config("top_n: must be at least 1".into()));
+        }
+        if self.batch_tokens == 0 {
+            return Err(AnalysisError::Config(
+                "batch_tokens: must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -166,10 +175,6 @@ pub struct Analyzer {
     /// Prefill and decode tokens not yet applied to `pairs` and the transitions.
     buffers: [TokenBuffer; PHASES],
 }
-
-/// Tokens per phase buffered before the per-token counters are updated: enough that sweeping
-/// a 256 KiB matrix is amortised over many tokens, few enough to stay a few MB.
-const FLUSH_TOKENS: usize = 4096;
 
 impl Analyzer {
     pub fn new(shape: ModelShape, config: AnalyzerConfig) -> Result<Self, AnalysisError> {
@@ -263,9 +268,14 @@ impl Analyzer {
         for it in &r.iterations {
             let decode = it.phase == Phase::Decode;
             self.buffers[usize::from(decode)].push(it, slot, decode && prev_decode);
-            prev_decode = decode;
+            // An iteration without tokens is not buffered: the next one follows nothing.
+            prev_decode = decode && it.num_tokens() > 0;
         }
-        if self.buffers.iter().any(|b| b.tokens() >= FLUSH_TOKENS) {
+        if self
+            .buffers
+            .iter()
+            .any(|b| b.tokens() >= self.config.batch_tokens)
+        {
             self.flush();
         }
     }

@@ -223,3 +223,206 @@ fn write_report_writes_json_markdown_and_svg_with_text() {
     let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
     assert!(md.contains("![skew.svg](skew.svg)"));
 }
+
+mod naive {
+    //! The per-token statistics computed the obvious way, one token at a time, to check the
+    //! batched, buffered analyzer against.
+    use super::*;
+    use proptest::prelude::*;
+
+    const E: usize = 5;
+    const K: usize = 2;
+
+    fn shape() -> ModelShape {
+        ModelShape {
+            model: None,
+            num_layers: 5,
+            num_experts: E,
+            top_k: K,
+            moe_layers: vec![1, 2, 4],
+        }
+    }
+
+    fn expert() -> impl Strategy<Value = u16> {
+        prop_oneof![9 => 0..E as u16, 1 => Just(MISSING_EXPERT)]
+    }
+
+    fn iteration(phase: Phase, max_tokens: usize) -> impl Strategy<Value = Iteration> {
+        let tokens = if phase == Phase::Decode {
+            1..=1usize
+        } else {
+            0..=max_tokens
+        };
+        (
+            tokens,
+            proptest::sample::subsequence(vec![1u32, 2, 4], 0..=3),
+        )
+            .prop_flat_map(move |(n, layers)| {
+                let per_layer = layers
+                    .into_iter()
+                    .map(move |l| {
+                        proptest::collection::vec(expert(), n * K).prop_map(move |experts| {
+                            LayerRouting {
+                                layer: l,
+                                top_k: K as u16,
+                                experts,
+                                weights: None,
+                            }
+                        })
+                    })
+                    .collect::<Vec<_>>();
+                per_layer.prop_map(move |layers| Iteration { phase, layers })
+            })
+    }
+
+    fn request() -> impl Strategy<Value = TraceItem> {
+        (
+            proptest::option::of(iteration(Phase::Prefill, 6)),
+            proptest::collection::vec(
+                prop_oneof![
+                    4 => iteration(Phase::Decode, 1),
+                    1 => iteration(Phase::Prefill, 3)
+                ],
+                0..6,
+            ),
+            proptest::option::of("[ab]"),
+        )
+            .prop_map(|(prefill, rest, workload)| {
+                TraceItem::Request(RequestTrace {
+                    id: "p".into(),
+                    workload,
+                    prompt_len: 0,
+                    started_ms: None,
+                    finished_ms: None,
+                    iterations: prefill.into_iter().chain(rest).collect(),
+                })
+            })
+    }
+
+    #[derive(Default)]
+    struct Naive {
+        /// [phase][from slot][i][j]
+        layer: Vec<u64>,
+        layer_obs: Vec<u64>,
+        token: Vec<u64>,
+        token_obs: Vec<u64>,
+        /// [phase][slot][i][j], i < j
+        pairs: Vec<u64>,
+        pair_tokens: Vec<u64>,
+    }
+
+    fn naive(items: &[TraceItem]) -> Naive {
+        let moe = [1u32, 2, 4];
+        let slot = |l: u32| moe.iter().position(|&m| m == l).unwrap();
+        let mut n = Naive {
+            layer: vec![0; 2 * 2 * E * E],
+            layer_obs: vec![0; 2 * 2],
+            token: vec![0; 3 * E * E],
+            token_obs: vec![0; 3],
+            pairs: vec![0; 2 * 3 * E * E],
+            pair_tokens: vec![0; 2 * 3],
+        };
+        let valid = |s: &[u16]| s.iter().any(|&x| x != MISSING_EXPERT);
+        for item in items {
+            let TraceItem::Request(r) = item else {
+                continue;
+            };
+            for (d, it) in r.iterations.iter().enumerate() {
+                let p = usize::from(it.phase == Phase::Decode);
+                for lr in &it.layers {
+                    let s = slot(lr.layer);
+                    for t in 0..lr.num_tokens() {
+                        let sel = lr.token(t);
+                        n.pair_tokens[p * 3 + s] += u64::from(valid(sel));
+                        for a in 0..K {
+                            for b in a + 1..K {
+                                let (x, y) = (sel[a], sel[b]);
+                                if x != MISSING_EXPERT && y != MISSING_EXPERT && x != y {
+                                    let (x, y) = (x.min(y) as usize, x.max(y) as usize);
+                                    n.pairs[((p * 3 + s) * E + x) * E + y] += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+                for s in 0..2 {
+                    let (Some(a), Some(b)) =
+                        (it.layer(moe[s] as usize), it.layer(moe[s + 1] as usize))
+                    else {
+                        continue;
+                    };
+                    for t in 0..a.num_tokens().min(b.num_tokens()) {
+                        let (f, g) = (a.token(t), b.token(t));
+                        n.layer_obs[p * 2 + s] += u64::from(valid(f) && valid(g));
+                        for &i in f.iter().filter(|&&i| i != MISSING_EXPERT) {
+                            for &j in g.iter().filter(|&&j| j != MISSING_EXPERT) {
+                                n.layer[((p * 2 + s) * E + i as usize) * E + j as usize] += 1;
+                            }
+                        }
+                    }
+                }
+                let prev = d.checked_sub(1).map(|q| &r.iterations[q]);
+                if let (Phase::Decode, Some(prev)) = (it.phase, prev) {
+                    if prev.phase != Phase::Decode {
+                        continue;
+                    }
+                    for lr in &it.layers {
+                        let Some(pl) = prev.layer(lr.layer as usize) else {
+                            continue;
+                        };
+                        let s = slot(lr.layer);
+                        let (f, g) = (pl.token(0), lr.token(0));
+                        n.token_obs[s] += u64::from(valid(f) && valid(g));
+                        for &i in f.iter().filter(|&&i| i != MISSING_EXPERT) {
+                            for &j in g.iter().filter(|&&j| j != MISSING_EXPERT) {
+                                n.token[(s * E + i as usize) * E + j as usize] += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        n
+    }
+
+    proptest! {
+        #[test]
+        fn batched_counts_equal_token_by_token_counts(
+            items in proptest::collection::vec(request(), 0..8),
+            batch in 1usize..12,
+        ) {
+            let config = AnalyzerConfig { batch_tokens: batch, ..AnalyzerConfig::default() };
+            let mut a = Analyzer::new(shape(), config).unwrap();
+            for i in &items {
+                a.add(i).unwrap();
+            }
+            a.flush();
+            let n = naive(&items);
+            let lt = a.layer_transitions.as_ref().unwrap();
+            let tt = a.token_transitions.as_ref().unwrap();
+            let pc = a.pairs.as_ref().unwrap();
+            for p in 0..2 {
+                for s in 0..2 {
+                    let m = lt[p].slot(s);
+                    prop_assert_eq!(&m[..], &n.layer[(p * 2 + s) * E * E..(p * 2 + s + 1) * E * E]);
+                    prop_assert_eq!(lt[p].observations[s], n.layer_obs[p * 2 + s]);
+                }
+                for s in 0..3 {
+                    prop_assert_eq!(pc[p].tokens[s], n.pair_tokens[p * 3 + s]);
+                    for x in 0..E {
+                        for y in x + 1..E {
+                            prop_assert_eq!(
+                                pc[p].pair(s, x, y),
+                                n.pairs[((p * 3 + s) * E + x) * E + y]
+                            );
+                        }
+                    }
+                }
+            }
+            for s in 0..3 {
+                prop_assert_eq!(&tt.slot(s)[..], &n.token[s * E * E..(s + 1) * E * E]);
+                prop_assert_eq!(tt.observations[s], n.token_obs[s]);
+            }
+        }
+    }
+}
