@@ -7,6 +7,10 @@
 //! Per-token items ([`RequestTrace`]) support every statistic; aggregate items
 //! ([`CountsTrace`]) support only the frequency ones, and consumers must say "not available"
 //! for the rest rather than report zero.
+//!
+//! [`analysis`] computes the paper's observations from any mix of sources (its module doc
+//! lists which statistics need per-token data); [`synth`] generates seeded traces whose skew,
+//! correlations, co-activation, phase drift and workload mix are set by knobs.
 
 pub mod analysis;
 mod load;
@@ -19,4 +23,4 @@ pub use model::{
     CountsTrace, Iteration, LayerRouting, ModelShape, Phase, RequestTrace, TraceItem,
     TraceModelError, MISSING_EXPERT,
 };
-pub use synth::{SynthConfig, SynthError, SynthGenerator};
+pub use synth::{SynthConfig, SynthError, SynthGenerator, SynthWorkload};

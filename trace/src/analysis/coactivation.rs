@@ -48,7 +48,10 @@ impl PairCounts {
         sel: impl Fn(usize) -> &'a [u16],
         scratch: &mut RowBatch,
     ) {
-        let chunk = self.experts.max_batch().max(1);
+        let chunk = self
+            .experts
+            .max_batch()
+            .clamp(1, super::transition::MAX_CHUNK);
         let mut start = 0;
         while start < n {
             let end = (start + chunk).min(n);

@@ -402,7 +402,8 @@ fn workloads(s: &mut String, r: &AnalysisReport) {
             "\nSimilarity (means over layers; hot set = top {}):\n\n| a | b | Jaccard of hot sets | Pearson | Spearman | pooled Pearson |\n|---|---|---|---|---|---|",
             w.top_n
         );
-        for p in &w.pairs {
+        const ROWS: usize = 200;
+        for p in w.pairs.iter().take(ROWS) {
             let _ = writeln!(
                 s,
                 "| {} | {} | {} | {} | {} | {} |",
@@ -413,6 +414,9 @@ fn workloads(s: &mut String, r: &AnalysisReport) {
                 f(p.mean_spearman),
                 f(p.pooled_pearson)
             );
+        }
+        if w.pairs.len() > ROWS {
+            let _ = writeln!(s, "\n{} more pairs in report.json.", w.pairs.len() - ROWS);
         }
     }
     s.push('\n');

@@ -18,9 +18,15 @@
 //! A statistic the data cannot support is `None` (JSON `null`, Markdown "n/a") and the
 //! report's `notes` say why; it is never reported as zero.
 //!
-//! Cost: the per-token update indexes flat counters (E x E per layer pair, E(E-1)/2 pairs per
-//! layer); memory is independent of the number of requests (about 150 MB for DeepSeek-V3's
-//! 58 layers x 256 experts with every statistic on, most of it the transition matrices).
+//! Cost: per-token data is queued per phase ([`AnalyzerConfig::batch_tokens`] tokens) and then
+//! applied one matrix at a time, grouped by row, into flat u32 counters that spill into u64
+//! before they could overflow; no map lookup per token. Memory is independent of the number of
+//! requests: about 75 MB for DeepSeek-V3's 58 layers x 256 experts with every statistic on
+//! (E x E per layer pair and phase, per layer and phase for pairs, per layer for adjacent
+//! decode tokens), about 0.4 MB per workload label for frequencies. Measured on this project's
+//! 2-core machine (`cargo bench -p moeflow-trace --bench analyze`, CPU time): about 3.5 M
+//! token-layers per second per core for prefill-heavy requests, 1.9 M for decode-only ones,
+//! 30 M with the frequency statistics alone.
 
 mod buffer;
 pub mod coactivation;

@@ -12,6 +12,9 @@ use super::counters::{Counters, RowBatch};
 use super::stats::top_count;
 use crate::MISSING_EXPERT;
 
+/// Most tokens grouped at once: keeps [`RowBatch`]'s u32 indices far from overflow.
+pub(crate) const MAX_CHUNK: usize = 1 << 24;
+
 /// E x E counters for each of `slots` step pairs, flat so that the per-token update is an
 /// index computation and an add.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,7 +51,7 @@ impl TransitionCounts {
         scratch: &mut RowBatch,
     ) {
         let e = self.num_experts;
-        let chunk = self.cells.max_batch().max(1);
+        let chunk = self.cells.max_batch().clamp(1, MAX_CHUNK);
         let mut start = 0;
         while start < n {
             let end = (start + chunk).min(n);
