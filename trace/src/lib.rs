@@ -7,12 +7,19 @@
 //! Per-token items ([`RequestTrace`]) support every statistic; aggregate items
 //! ([`CountsTrace`]) support only the frequency ones, and consumers must say "not available"
 //! for the rest rather than report zero.
+//!
+//! [`analysis`] computes the paper's observations from any mix of sources (its module doc
+//! lists which statistics need per-token data); [`synth`] generates seeded traces whose skew,
+//! correlations, co-activation, phase drift and workload mix are set by knobs.
 
+pub mod analysis;
 pub mod io;
 mod load;
 mod model;
 pub mod source;
+pub mod synth;
 
+pub use analysis::{write_report, AnalysisError, AnalysisReport, Analyzer, AnalyzerConfig};
 pub use io::binary::{BinaryReader, BinaryWriter, RawBlock};
 pub use io::paper::{PaperTreeWriter, PaperWrite};
 pub use io::{FormatError, WriteError};
@@ -22,3 +29,4 @@ pub use model::{
     TraceModelError, MISSING_EXPERT,
 };
 pub use source::{open, Format, Origin, ReadOptions, ReadReport, Skipped, Source, SourceError};
+pub use synth::{SynthConfig, SynthError, SynthGenerator, SynthWorkload};

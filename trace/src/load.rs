@@ -132,6 +132,14 @@ impl LoadSummary {
     /// Adds one item after checking it against the shape; a bad item changes nothing.
     pub fn add(&mut self, item: &TraceItem) -> Result<(), TraceModelError> {
         item.validate(&self.shape)?;
+        self.add_validated(item);
+        Ok(())
+    }
+
+    /// [`LoadSummary::add`] for an item already checked against this summary's shape (the
+    /// analyzer validates once and feeds several summaries). Layers the shape lacks are
+    /// skipped; an unchecked expert id out of range would panic, hence crate-private.
+    pub(crate) fn add_validated(&mut self, item: &TraceItem) {
         self.items += 1;
         match item {
             TraceItem::Counts(c) => {
@@ -189,7 +197,6 @@ impl LoadSummary {
                 }
             }
         }
-        Ok(())
     }
 
     /// Adds another summary of the same shape (for per-thread accumulation).
