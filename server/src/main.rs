@@ -31,6 +31,10 @@ enum Command {
     Router(cmd::router::Args),
     /// Benchmark any OpenAI-compatible endpoint.
     Bench(cmd::bench::Args),
+    /// Expert-selection traces: analyse, synthesise, convert.
+    Trace(cmd::trace::Args),
+    /// Expert placement plans: make them from traces and evaluate them by replay.
+    Place(cmd::place::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,6 +48,8 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => cmd::serve::run(args),
         Command::Router(args) => cmd::router::run(args),
         Command::Bench(args) => cmd::bench::run(args),
+        Command::Trace(args) => cmd::trace::run(args),
+        Command::Place(args) => cmd::place::run(args),
     }
 }
 

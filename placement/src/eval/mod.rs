@@ -23,6 +23,7 @@
 //!   bandwidths); the step time is the busiest rank's.
 
 mod compare;
+pub mod plot;
 mod profile;
 mod report;
 

@@ -53,7 +53,7 @@ use frequency::HotSpec;
 use transition::TransitionCounts;
 
 pub use markdown::render_markdown;
-pub use plot::draw_plots;
+pub use plot::{draw_plots, line_plot};
 pub use report::{write_report, AnalysisReport, ByPhase, InputSummary, PrefillDecode};
 
 /// Why an analysis could not be set up, merged or written.

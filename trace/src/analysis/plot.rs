@@ -61,8 +61,9 @@ fn integer_label(x: &f64) -> String {
     }
 }
 
-/// One line per named series of (x, y) points.
-fn line_plot(
+/// One line per named series of (x, y) points, in SVG; also used by the placement evaluator
+/// so that every moeflow plot looks alike.
+pub fn line_plot(
     path: &Path,
     title: &str,
     x_desc: &str,
