@@ -8,9 +8,13 @@
 //! ([`CountsTrace`]) support only the frequency ones, and consumers must say "not available"
 //! for the rest rather than report zero.
 
+pub mod io;
 mod load;
 mod model;
 
+pub use io::binary::{BinaryReader, BinaryWriter, RawBlock};
+pub use io::paper::{PaperTreeWriter, PaperWrite};
+pub use io::{FormatError, WriteError};
 pub use load::{LayerLoad, LoadSummary, PhaseLoad};
 pub use model::{
     CountsTrace, Iteration, LayerRouting, ModelShape, Phase, RequestTrace, TraceItem,

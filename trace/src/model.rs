@@ -241,7 +241,10 @@ fn check_layer(layer: usize, shape: &ModelShape) -> Result<(), TraceModelError> 
     Ok(())
 }
 
-fn validate_request(r: &RequestTrace, shape: &ModelShape) -> Result<(), TraceModelError> {
+pub(crate) fn validate_request(
+    r: &RequestTrace,
+    shape: &ModelShape,
+) -> Result<(), TraceModelError> {
     for (i, it) in r.iterations.iter().enumerate() {
         for l in &it.layers {
             let layer = l.layer as usize;

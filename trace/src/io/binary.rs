@@ -1,0 +1,919 @@
+//! moeflow's compact binary trace format: a header with the model shape, then one
+//! self-delimiting, checksummed, deflate-compressed block of columns per request. A live
+//! recorder appends and flushes one block per finished request; a reader streams blocks one
+//! at a time and reports a truncated last block instead of failing the whole file. The byte
+//! layout is documented in `docs/trace-format.md`.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use flate2::read::DeflateDecoder;
+use flate2::write::DeflateEncoder;
+use flate2::Compression;
+use half::f16;
+
+use super::varint;
+use super::{FormatError, WriteError};
+use crate::model::{
+    validate_request, Iteration, LayerRouting, ModelShape, Phase, RequestTrace, MISSING_EXPERT,
+};
+
+/// First bytes of every binary trace file.
+pub const MAGIC: [u8; 8] = *b"MOEFLOWT";
+/// Format version this code writes and reads.
+pub const VERSION: u16 = 1;
+const BLOCK_TAG: [u8; 4] = *b"MFRQ";
+const END_TAG: [u8; 4] = *b"MFEN";
+const CODEC_RAW: u8 = 0;
+const CODEC_DEFLATE: u8 = 1;
+const BLOCK_HEADER_LEN: usize = 17;
+/// Largest header or block accepted, so that a corrupt length cannot make a reader allocate
+/// gigabytes.
+pub const MAX_BLOCK_LEN: u32 = 1 << 30;
+
+const FLAG_WEIGHTS: u8 = 1;
+const FLAG_MISSING: u8 = 2;
+
+// ---------------------------------------------------------------------------------------
+// Header
+
+fn encode_shape(shape: &ModelShape) -> Vec<u8> {
+    let mut b = Vec::new();
+    match &shape.model {
+        Some(m) => {
+            b.push(1);
+            varint::put(&mut b, m.len() as u64);
+            b.extend_from_slice(m.as_bytes());
+        }
+        None => b.push(0),
+    }
+    varint::put(&mut b, shape.num_layers as u64);
+    varint::put(&mut b, shape.num_experts as u64);
+    varint::put(&mut b, shape.top_k as u64);
+    varint::put(&mut b, shape.moe_layers.len() as u64);
+    for &l in &shape.moe_layers {
+        varint::put(&mut b, l as u64);
+    }
+    b
+}
+
+fn decode_shape(b: &[u8]) -> Result<ModelShape, FormatError> {
+    let bad = |what: &str| FormatError::Layout(format!("header: bad or missing {what}"));
+    let mut p = 0;
+    let flag = *b.first().ok_or_else(|| bad("model flag"))?;
+    p += 1;
+    let model = match flag {
+        0 => None,
+        1 => {
+            let n = varint::get(b, &mut p).ok_or_else(|| bad("model length"))? as usize;
+            let end = p.checked_add(n).filter(|&e| e <= b.len());
+            let end = end.ok_or_else(|| bad("model name"))?;
+            let s = std::str::from_utf8(&b[p..end]).map_err(|_| bad("model name (UTF-8)"))?;
+            p = end;
+            Some(s.to_string())
+        }
+        _ => return Err(bad("model flag")),
+    };
+    let mut num = |what: &str| -> Result<usize, FormatError> {
+        let v = varint::get(b, &mut p).ok_or_else(|| bad(what))?;
+        usize::try_from(v).map_err(|_| bad(what))
+    };
+    let num_layers = num("num_layers")?;
+    let num_experts = num("num_experts")?;
+    let top_k = num("top_k")?;
+    let n_moe = num("MoE layer count")?;
+    if n_moe > num_layers {
+        return Err(bad("MoE layer count (more than num_layers)"));
+    }
+    let mut moe_layers = Vec::with_capacity(n_moe);
+    for _ in 0..n_moe {
+        let l = num("MoE layer id")?;
+        if l >= num_layers || moe_layers.last().is_some_and(|&prev| prev >= l) {
+            return Err(bad("MoE layer id (not ascending within num_layers)"));
+        }
+        moe_layers.push(l);
+    }
+    if num_experts == 0 || num_experts > MISSING_EXPERT as usize || top_k > u16::MAX as usize {
+        return Err(bad("num_experts or top_k (out of range)"));
+    }
+    Ok(ModelShape {
+        model,
+        num_layers,
+        num_experts,
+        top_k,
+        moe_layers,
+    })
+}
+
+fn header_bytes(shape: &ModelShape) -> Vec<u8> {
+    let body = encode_shape(shape);
+    let mut h = Vec::with_capacity(20 + body.len());
+    h.extend_from_slice(&MAGIC);
+    h.extend_from_slice(&VERSION.to_le_bytes());
+    h.extend_from_slice(&0u16.to_le_bytes());
+    h.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    h.extend_from_slice(&body);
+    let crc = crc32fast::hash(&h);
+    h.extend_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Whether `prefix` (the first bytes of a file) starts like a binary trace.
+pub fn sniff(prefix: &[u8]) -> bool {
+    prefix.starts_with(&MAGIC)
+}
+
+// ---------------------------------------------------------------------------------------
+// Request payload (columns)
+
+/// Encodes one request's columns (uncompressed). Expects a request valid for `shape`.
+pub fn encode_request(r: &RequestTrace, shape: &ModelShape) -> Vec<u8> {
+    let wide = shape.num_experts > 256;
+    let mut out = Vec::new();
+    // Metadata.
+    let flags = u8::from(r.workload.is_some())
+        | (u8::from(r.started_ms.is_some()) << 1)
+        | (u8::from(r.finished_ms.is_some()) << 2);
+    out.push(flags);
+    varint::put(&mut out, r.id.len() as u64);
+    out.extend_from_slice(r.id.as_bytes());
+    if let Some(w) = &r.workload {
+        varint::put(&mut out, w.len() as u64);
+        out.extend_from_slice(w.as_bytes());
+    }
+    varint::put(&mut out, r.prompt_len as u64);
+    for t in [r.started_ms, r.finished_ms].into_iter().flatten() {
+        varint::put(&mut out, t);
+    }
+    // Iteration columns.
+    varint::put(&mut out, r.iterations.len() as u64);
+    out.extend(r.iterations.iter().map(|it| match it.phase {
+        Phase::Prefill => 0u8,
+        Phase::Decode => 1u8,
+    }));
+    for it in &r.iterations {
+        varint::put(&mut out, it.layers.len() as u64);
+    }
+    let entries = || r.iterations.iter().flat_map(|it| it.layers.iter());
+    for l in entries() {
+        varint::put(&mut out, u64::from(l.layer));
+    }
+    for l in entries() {
+        varint::put(&mut out, u64::from(l.top_k));
+    }
+    for l in entries() {
+        varint::put(&mut out, l.num_tokens() as u64);
+    }
+    let flag_of = |l: &LayerRouting| {
+        let mut f = 0u8;
+        if l.weights.is_some() {
+            f |= FLAG_WEIGHTS;
+        }
+        if l.experts.contains(&MISSING_EXPERT) {
+            f |= FLAG_MISSING;
+        }
+        f
+    };
+    out.extend(entries().map(flag_of));
+    // Expert ids: a low-byte plane, then a high-byte plane when ids need 16 bits, so that the
+    // compressor sees bytes of one kind together. Missing entries are stored as 0 and flagged
+    // in the bitmaps below.
+    let ids = || entries().flat_map(|l| l.experts.iter().copied());
+    let id = |e: u16| if e == MISSING_EXPERT { 0 } else { e };
+    out.extend(ids().map(|e| id(e) as u8));
+    if wide {
+        out.extend(ids().map(|e| (id(e) >> 8) as u8));
+    }
+    for l in entries().filter(|l| flag_of(l) & FLAG_MISSING != 0) {
+        let mut bits = vec![0u8; l.experts.len().div_ceil(8)];
+        for (i, &e) in l.experts.iter().enumerate() {
+            if e == MISSING_EXPERT {
+                bits[i / 8] |= 1 << (i % 8);
+            }
+        }
+        out.extend_from_slice(&bits);
+    }
+    let weights = || {
+        entries()
+            .filter_map(|l| l.weights.as_deref())
+            .flatten()
+            .map(|&w| f16::from_f32(w).to_bits())
+    };
+    out.extend(weights().map(|w| w as u8));
+    out.extend(weights().map(|w| (w >> 8) as u8));
+    out
+}
+
+struct Cursor<'a> {
+    b: &'a [u8],
+    p: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn err(&self, what: &str) -> FormatError {
+        FormatError::Layout(format!(
+            "request block: bad or missing {what} at payload byte {}",
+            self.p
+        ))
+    }
+    fn num(&mut self, what: &str) -> Result<usize, FormatError> {
+        let v = varint::get(self.b, &mut self.p).ok_or_else(|| self.err(what))?;
+        usize::try_from(v).map_err(|_| self.err(what))
+    }
+    fn u64(&mut self, what: &str) -> Result<u64, FormatError> {
+        varint::get(self.b, &mut self.p).ok_or_else(|| self.err(what))
+    }
+    fn bytes(&mut self, n: usize, what: &str) -> Result<&'a [u8], FormatError> {
+        let end = self.p.checked_add(n).filter(|&e| e <= self.b.len());
+        let end = end.ok_or_else(|| self.err(what))?;
+        let s = &self.b[self.p..end];
+        self.p = end;
+        Ok(s)
+    }
+    fn string(&mut self, what: &str) -> Result<String, FormatError> {
+        let n = self.num(what)?;
+        let b = self.bytes(n, what)?;
+        std::str::from_utf8(b)
+            .map(str::to_string)
+            .map_err(|_| self.err(what))
+    }
+    fn remaining(&self) -> usize {
+        self.b.len() - self.p
+    }
+}
+
+/// Decodes one request's columns. Every count is checked against the bytes left, so a
+/// corrupt block yields an error naming the column, never a panic or a huge allocation.
+pub fn decode_request(b: &[u8], shape: &ModelShape) -> Result<RequestTrace, FormatError> {
+    let wide = shape.num_experts > 256;
+    let mut c = Cursor { b, p: 0 };
+    let flags = c.bytes(1, "metadata flags")?[0];
+    let id = c.string("id")?;
+    let workload = if flags & 1 != 0 {
+        Some(c.string("workload")?)
+    } else {
+        None
+    };
+    let prompt_len = c.num("prompt_len")?;
+    let started_ms = if flags & 2 != 0 {
+        Some(c.u64("started_ms")?)
+    } else {
+        None
+    };
+    let finished_ms = if flags & 4 != 0 {
+        Some(c.u64("finished_ms")?)
+    } else {
+        None
+    };
+    let n_iter = c.num("iteration count")?;
+    if n_iter > c.remaining() {
+        return Err(c.err("iteration count"));
+    }
+    let phases = c.bytes(n_iter, "phases")?.to_vec();
+    let mut per_iter = Vec::with_capacity(n_iter);
+    let mut n_entries = 0usize;
+    for _ in 0..n_iter {
+        let n = c.num("layers per iteration")?;
+        n_entries = n_entries
+            .checked_add(n)
+            .filter(|&t| t <= b.len())
+            .ok_or_else(|| c.err("layers per iteration"))?;
+        per_iter.push(n);
+    }
+    let mut layer_ids = Vec::with_capacity(n_entries);
+    for _ in 0..n_entries {
+        let l = c.num("layer id")?;
+        layer_ids.push(u32::try_from(l).map_err(|_| c.err("layer id"))?);
+    }
+    let mut top_ks = Vec::with_capacity(n_entries);
+    for _ in 0..n_entries {
+        let k = c.num("top_k")?;
+        top_ks.push(u16::try_from(k).map_err(|_| c.err("top_k"))?);
+    }
+    let mut n_ids = Vec::with_capacity(n_entries);
+    let mut total_ids = 0usize;
+    for &k in &top_ks {
+        let t = c.num("token count")?;
+        let n = t
+            .checked_mul(k as usize)
+            .filter(|&n| n <= b.len())
+            .ok_or_else(|| c.err("token count"))?;
+        total_ids = total_ids
+            .checked_add(n)
+            .filter(|&n| n <= b.len())
+            .ok_or_else(|| c.err("token count"))?;
+        n_ids.push(n);
+    }
+    let entry_flags = c.bytes(n_entries, "layer flags")?.to_vec();
+    let lo = c.bytes(total_ids, "expert ids")?;
+    let hi = if wide {
+        Some(c.bytes(total_ids, "expert ids (high bytes)")?)
+    } else {
+        None
+    };
+    let mut experts: Vec<u16> = match hi {
+        Some(hi) => lo
+            .iter()
+            .zip(hi)
+            .map(|(&l, &h)| u16::from(l) | (u16::from(h) << 8))
+            .collect(),
+        None => lo.iter().map(|&l| u16::from(l)).collect(),
+    };
+    let mut start = 0;
+    for (i, &n) in n_ids.iter().enumerate() {
+        if entry_flags[i] & FLAG_MISSING != 0 {
+            let bits = c.bytes(n.div_ceil(8), "missing bitmap")?;
+            for (j, e) in experts[start..start + n].iter_mut().enumerate() {
+                if bits[j / 8] & (1 << (j % 8)) != 0 {
+                    *e = MISSING_EXPERT;
+                }
+            }
+        }
+        start += n;
+    }
+    let n_weights: usize = n_ids
+        .iter()
+        .zip(&entry_flags)
+        .filter(|(_, &f)| f & FLAG_WEIGHTS != 0)
+        .map(|(&n, _)| n)
+        .sum();
+    let wlo = c.bytes(n_weights, "gate weights")?;
+    let whi = c.bytes(n_weights, "gate weights (high bytes)")?;
+    let mut weights = wlo
+        .iter()
+        .zip(whi)
+        .map(|(&l, &h)| f16::from_bits(u16::from(l) | (u16::from(h) << 8)).to_f32());
+    if c.remaining() != 0 {
+        return Err(c.err("end of block (trailing bytes)"));
+    }
+    let mut iterations = Vec::with_capacity(n_iter);
+    let mut e = 0usize;
+    let mut id_start = 0usize;
+    for (i, &n) in per_iter.iter().enumerate() {
+        let phase = match phases[i] {
+            0 => Phase::Prefill,
+            1 => Phase::Decode,
+            _ => return Err(c.err("phase")),
+        };
+        let mut layers = Vec::with_capacity(n);
+        for _ in 0..n {
+            let cnt = n_ids[e];
+            let ex = experts[id_start..id_start + cnt].to_vec();
+            let w = (entry_flags[e] & FLAG_WEIGHTS != 0)
+                .then(|| weights.by_ref().take(cnt).collect::<Vec<f32>>());
+            layers.push(LayerRouting {
+                layer: layer_ids[e],
+                top_k: top_ks[e],
+                experts: ex,
+                weights: w,
+            });
+            id_start += cnt;
+            e += 1;
+        }
+        iterations.push(Iteration { phase, layers });
+    }
+    experts.clear();
+    Ok(RequestTrace {
+        id,
+        workload,
+        prompt_len,
+        started_ms,
+        finished_ms,
+        iterations,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Writer
+
+/// Appends requests to a binary trace, one flushed block per request, so that a crash loses
+/// at most the request being written and a reader can follow the file while it grows.
+pub struct BinaryWriter<W: Write> {
+    w: W,
+    label: PathBuf,
+    shape: ModelShape,
+    count: u64,
+    level: Compression,
+    bytes: u64,
+}
+
+impl BinaryWriter<BufWriter<File>> {
+    /// Creates (truncates) `path` and writes the header.
+    pub fn create(path: &Path, shape: &ModelShape) -> Result<Self, WriteError> {
+        let io = |source| WriteError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let f = File::create(path).map_err(io)?;
+        Self::with_label(BufWriter::new(f), shape, path.to_path_buf())
+    }
+}
+
+impl<W: Write> BinaryWriter<W> {
+    /// Writes the header to any sink (a socket, a buffer).
+    pub fn new(w: W, shape: &ModelShape) -> Result<Self, WriteError> {
+        Self::with_label(w, shape, PathBuf::from("<stream>"))
+    }
+
+    fn with_label(mut w: W, shape: &ModelShape, label: PathBuf) -> Result<Self, WriteError> {
+        let h = header_bytes(shape);
+        let io = |source| WriteError::Io {
+            path: label.clone(),
+            source,
+        };
+        w.write_all(&h).map_err(io)?;
+        w.flush().map_err(io)?;
+        Ok(Self {
+            w,
+            label,
+            shape: shape.clone(),
+            count: 0,
+            level: Compression::new(6),
+            bytes: h.len() as u64,
+        })
+    }
+
+    /// Deflate level 0-9 for the following blocks (0 stores them uncompressed; the default
+    /// 6 is several times faster than recording on these machines).
+    pub fn set_level(&mut self, level: u32) {
+        self.level = Compression::new(level.min(9));
+    }
+
+    pub fn shape(&self) -> &ModelShape {
+        &self.shape
+    }
+
+    /// Requests appended so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Bytes written so far, header included.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Checks `r` against the shape, writes it as one block and flushes. Returns the block's
+    /// size in bytes.
+    pub fn append(&mut self, r: &RequestTrace) -> Result<u64, WriteError> {
+        validate_request(r, &self.shape).map_err(|source| WriteError::Invalid {
+            id: r.id.clone(),
+            source,
+        })?;
+        let raw = encode_request(r, &self.shape);
+        let too_big = || WriteError::Unrepresentable {
+            id: r.id.clone(),
+            message: format!("block of {} bytes exceeds {MAX_BLOCK_LEN}", raw.len()),
+        };
+        if raw.len() > MAX_BLOCK_LEN as usize {
+            return Err(too_big());
+        }
+        let (codec, stored) = if self.level.level() == 0 {
+            (CODEC_RAW, raw.clone())
+        } else {
+            let mut enc = DeflateEncoder::new(Vec::with_capacity(raw.len() / 4), self.level);
+            let io = |source| WriteError::Io {
+                path: self.label.clone(),
+                source,
+            };
+            enc.write_all(&raw).map_err(io)?;
+            let z = enc.finish().map_err(io)?;
+            if z.len() < raw.len() {
+                (CODEC_DEFLATE, z)
+            } else {
+                (CODEC_RAW, raw.clone())
+            }
+        };
+        let mut head = [0u8; BLOCK_HEADER_LEN];
+        head[..4].copy_from_slice(&BLOCK_TAG);
+        head[4] = codec;
+        head[5..9].copy_from_slice(&(stored.len() as u32).to_le_bytes());
+        head[9..13].copy_from_slice(&(raw.len() as u32).to_le_bytes());
+        let mut h = crc32fast::Hasher::new();
+        h.update(&head[..13]);
+        h.update(&stored);
+        head[13..17].copy_from_slice(&h.finalize().to_le_bytes());
+        let io = |source| WriteError::Io {
+            path: self.label.clone(),
+            source,
+        };
+        self.w.write_all(&head).map_err(io)?;
+        self.w.write_all(&stored).map_err(io)?;
+        self.w.flush().map_err(io)?;
+        self.count += 1;
+        let n = (BLOCK_HEADER_LEN + stored.len()) as u64;
+        self.bytes += n;
+        Ok(n)
+    }
+
+    /// Writes the end block (the request count, so a reader can tell a complete file from
+    /// one whose recorder stopped) and returns the sink.
+    pub fn finish(mut self) -> Result<W, WriteError> {
+        let mut end = Vec::with_capacity(16);
+        end.extend_from_slice(&END_TAG);
+        end.extend_from_slice(&self.count.to_le_bytes());
+        let crc = crc32fast::hash(&end);
+        end.extend_from_slice(&crc.to_le_bytes());
+        let io = |source| WriteError::Io {
+            path: self.label.clone(),
+            source,
+        };
+        self.w.write_all(&end).map_err(io)?;
+        self.w.flush().map_err(io)?;
+        Ok(self.w)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reader
+
+/// One request block as stored, checksum verified, not yet decoded: the reader hands these
+/// to worker threads, which inflate and decode them in parallel.
+#[derive(Debug, Clone)]
+pub struct RawBlock {
+    /// Byte offset of the block in the file.
+    pub offset: u64,
+    codec: u8,
+    raw_len: u32,
+    payload: Vec<u8>,
+}
+
+impl RawBlock {
+    /// Stored (compressed) size including the block header.
+    pub fn stored_len(&self) -> u64 {
+        (BLOCK_HEADER_LEN + self.payload.len()) as u64
+    }
+
+    /// Inflates and decodes the request.
+    pub fn decode(&self, shape: &ModelShape) -> Result<RequestTrace, FormatError> {
+        let at = |e: FormatError| match e {
+            FormatError::Layout(m) => {
+                FormatError::Layout(format!("block at byte {}: {m}", self.offset))
+            }
+            other => other,
+        };
+        match self.codec {
+            CODEC_RAW => decode_request(&self.payload, shape).map_err(at),
+            CODEC_DEFLATE => {
+                let mut raw = Vec::with_capacity(self.raw_len as usize);
+                DeflateDecoder::new(&self.payload[..])
+                    .take(u64::from(self.raw_len) + 1)
+                    .read_to_end(&mut raw)
+                    .map_err(|e| {
+                        FormatError::Layout(format!(
+                            "block at byte {}: deflate stream: {e}",
+                            self.offset
+                        ))
+                    })?;
+                if raw.len() != self.raw_len as usize {
+                    return Err(FormatError::Layout(format!(
+                        "block at byte {}: inflated to {} bytes, header says {}",
+                        self.offset,
+                        raw.len(),
+                        self.raw_len
+                    )));
+                }
+                decode_request(&raw, shape).map_err(at)
+            }
+            c => Err(FormatError::Layout(format!(
+                "block at byte {}: unknown codec {c}",
+                self.offset
+            ))),
+        }
+    }
+}
+
+/// Streams the blocks of a binary trace. Stops at the first damaged block (its length cannot
+/// be trusted), reporting it; a missing end block is not an error (the recorder may still be
+/// writing), a truncated last block is.
+pub struct BinaryReader<R: Read> {
+    r: R,
+    shape: ModelShape,
+    offset: u64,
+    count: u64,
+    done: bool,
+    /// Whether the end block was seen.
+    complete: bool,
+}
+
+impl BinaryReader<BufReader<File>> {
+    pub fn open(path: &Path) -> Result<Self, FormatError> {
+        Self::new(BufReader::with_capacity(1 << 20, File::open(path)?))
+    }
+}
+
+/// Reads up to `buf.len()` bytes; fewer only at end of input.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+impl<R: Read> BinaryReader<R> {
+    /// Reads and checks the header.
+    pub fn new(mut r: R) -> Result<Self, FormatError> {
+        let mut fixed = [0u8; 16];
+        let n = read_full(&mut r, &mut fixed)?;
+        if n < 8 || fixed[..8] != MAGIC {
+            return Err(FormatError::Layout(
+                "not a moeflow binary trace (bad magic)".into(),
+            ));
+        }
+        if n < 16 {
+            return Err(FormatError::Truncated("header".into()));
+        }
+        let version = u16::from_le_bytes([fixed[8], fixed[9]]);
+        if version != VERSION {
+            return Err(FormatError::Layout(format!(
+                "binary trace version {version}, this reader reads {VERSION}"
+            )));
+        }
+        let len = u32::from_le_bytes([fixed[12], fixed[13], fixed[14], fixed[15]]);
+        if len > MAX_BLOCK_LEN {
+            return Err(FormatError::Layout(format!("header length {len}")));
+        }
+        let mut rest = vec![0u8; len as usize + 4];
+        if read_full(&mut r, &mut rest)? < rest.len() {
+            return Err(FormatError::Truncated("header".into()));
+        }
+        let (body, crc) = rest.split_at(len as usize);
+        let mut h = crc32fast::Hasher::new();
+        h.update(&fixed);
+        h.update(body);
+        if h.finalize().to_le_bytes() != crc {
+            return Err(FormatError::Checksum("header".into()));
+        }
+        let shape = decode_shape(body)?;
+        Ok(Self {
+            r,
+            shape,
+            offset: 16 + rest.len() as u64,
+            count: 0,
+            done: false,
+            complete: false,
+        })
+    }
+
+    pub fn shape(&self) -> &ModelShape {
+        &self.shape
+    }
+
+    /// Whether the writer's end block has been read (the file is complete).
+    pub fn complete(&self) -> bool {
+        self.complete
+    }
+
+    /// Bytes consumed so far.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The next request block; `None` at the end of the file or after an error.
+    pub fn next_block(&mut self) -> Option<Result<RawBlock, FormatError>> {
+        if self.done {
+            return None;
+        }
+        let r = self.read_block();
+        if !matches!(r, Some(Ok(_))) {
+            self.done = true;
+        }
+        r
+    }
+
+    fn read_block(&mut self) -> Option<Result<RawBlock, FormatError>> {
+        let at = self.offset;
+        let mut tag = [0u8; 4];
+        match read_full(&mut self.r, &mut tag) {
+            Ok(0) => return None,
+            Ok(4) => {}
+            Ok(_) => return Some(Err(trunc(at, "block tag"))),
+            Err(e) => return Some(Err(e.into())),
+        }
+        if tag == END_TAG {
+            let mut rest = [0u8; 12];
+            match read_full(&mut self.r, &mut rest) {
+                Ok(12) => {}
+                Ok(_) => return Some(Err(trunc(at, "end block"))),
+                Err(e) => return Some(Err(e.into())),
+            }
+            let mut h = crc32fast::Hasher::new();
+            h.update(&tag);
+            h.update(&rest[..8]);
+            if h.finalize().to_le_bytes() != rest[8..] {
+                return Some(Err(FormatError::Checksum(format!(
+                    "end block at byte {at}"
+                ))));
+            }
+            let mut count = [0u8; 8];
+            count.copy_from_slice(&rest[..8]);
+            let count = u64::from_le_bytes(count);
+            if count != self.count {
+                return Some(Err(FormatError::Layout(format!(
+                    "end block at byte {at} counts {count} requests, the file holds {}",
+                    self.count
+                ))));
+            }
+            self.offset += 16;
+            let mut extra = [0u8; 1];
+            return match read_full(&mut self.r, &mut extra) {
+                Ok(0) => {
+                    self.complete = true;
+                    None
+                }
+                Ok(_) => Some(Err(FormatError::Layout(format!(
+                    "data after the end block at byte {}",
+                    self.offset
+                )))),
+                Err(e) => Some(Err(e.into())),
+            };
+        }
+        if tag != BLOCK_TAG {
+            return Some(Err(FormatError::Layout(format!(
+                "byte {at}: expected a block tag, found {tag:02x?}"
+            ))));
+        }
+        let mut head = [0u8; BLOCK_HEADER_LEN];
+        head[..4].copy_from_slice(&tag);
+        match read_full(&mut self.r, &mut head[4..]) {
+            Ok(n) if n == BLOCK_HEADER_LEN - 4 => {}
+            Ok(_) => return Some(Err(trunc(at, "block header"))),
+            Err(e) => return Some(Err(e.into())),
+        }
+        let u32_at =
+            |i: usize| u32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
+        let (stored, raw_len, crc) = (u32_at(5), u32_at(9), u32_at(13));
+        if stored > MAX_BLOCK_LEN || raw_len > MAX_BLOCK_LEN {
+            return Some(Err(FormatError::Layout(format!(
+                "block at byte {at}: length {stored}/{raw_len} over the limit"
+            ))));
+        }
+        let mut payload = vec![0u8; stored as usize];
+        match read_full(&mut self.r, &mut payload) {
+            Ok(n) if n == payload.len() => {}
+            Ok(n) => {
+                return Some(Err(FormatError::Truncated(format!(
+                    "last block at byte {at}: {n} of {stored} payload bytes (the recorder stopped mid-write?)"
+                ))))
+            }
+            Err(e) => return Some(Err(e.into())),
+        }
+        let mut h = crc32fast::Hasher::new();
+        h.update(&head[..13]);
+        h.update(&payload);
+        if h.finalize() != crc {
+            return Some(Err(FormatError::Checksum(format!("block at byte {at}"))));
+        }
+        self.offset += (BLOCK_HEADER_LEN + payload.len()) as u64;
+        self.count += 1;
+        Some(Ok(RawBlock {
+            offset: at,
+            codec: head[4],
+            raw_len,
+            payload,
+        }))
+    }
+}
+
+fn trunc(at: u64, what: &str) -> FormatError {
+    FormatError::Truncated(format!("{what} at byte {at}"))
+}
+
+impl<R: Read> Iterator for BinaryReader<R> {
+    type Item = Result<RequestTrace, FormatError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let shape = self.shape.clone();
+        self.next_block().map(|b| b.and_then(|b| b.decode(&shape)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn shape(num_experts: usize) -> ModelShape {
+        ModelShape {
+            model: Some("test/model".into()),
+            num_layers: 3,
+            num_experts,
+            top_k: 2,
+            moe_layers: vec![1, 2],
+        }
+    }
+
+    fn request(n: usize) -> RequestTrace {
+        RequestTrace {
+            id: "q/1.json".into(),
+            workload: Some("bench/subject".into()),
+            prompt_len: 2,
+            started_ms: Some(1_700_000_000_000),
+            finished_ms: None,
+            iterations: vec![
+                Iteration {
+                    phase: Phase::Prefill,
+                    layers: vec![
+                        LayerRouting {
+                            layer: 1,
+                            top_k: 2,
+                            experts: vec![0, (n - 1) as u16, MISSING_EXPERT, MISSING_EXPERT],
+                            weights: Some(vec![0.75, 0.25, 0.0, 0.0]),
+                        },
+                        LayerRouting {
+                            layer: 2,
+                            top_k: 2,
+                            experts: vec![3, 1, 2, 0],
+                            weights: None,
+                        },
+                    ],
+                },
+                Iteration {
+                    phase: Phase::Decode,
+                    layers: vec![LayerRouting {
+                        layer: 2,
+                        top_k: 2,
+                        experts: vec![1, 2],
+                        weights: None,
+                    }],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn round_trips_narrow_and_wide_ids_with_weights_and_gaps() {
+        for n in [8usize, 256, 384, 4000] {
+            let s = shape(n);
+            let mut w = BinaryWriter::new(Vec::new(), &s).unwrap();
+            w.append(&request(n)).unwrap();
+            let bytes = w.finish().unwrap();
+            let mut r = BinaryReader::new(&bytes[..]).unwrap();
+            assert_eq!(r.shape(), &s);
+            let got = r.next().unwrap().unwrap();
+            assert_eq!(got, request(n));
+            assert!(r.next().is_none());
+            assert!(r.complete());
+        }
+    }
+
+    #[test]
+    fn writer_refuses_invalid_requests() {
+        let mut w = BinaryWriter::new(Vec::new(), &shape(2)).unwrap();
+        assert!(matches!(
+            w.append(&request(8)),
+            Err(WriteError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn truncated_last_block_is_reported_after_the_good_ones() {
+        let s = shape(8);
+        let mut w = BinaryWriter::new(Vec::new(), &s).unwrap();
+        w.append(&request(8)).unwrap();
+        w.append(&request(8)).unwrap();
+        let bytes = w.finish().unwrap();
+        let cut = &bytes[..bytes.len() - 16 - 5];
+        let got: Vec<_> = BinaryReader::new(cut).unwrap().collect();
+        assert_eq!(got.len(), 2);
+        assert!(got[0].is_ok());
+        assert!(matches!(got[1], Err(FormatError::Truncated(_))));
+    }
+
+    #[test]
+    fn flipped_byte_fails_the_checksum() {
+        let s = shape(8);
+        let mut w = BinaryWriter::new(Vec::new(), &s).unwrap();
+        w.append(&request(8)).unwrap();
+        let mut bytes = w.finish().unwrap();
+        let i = bytes.len() - 20;
+        bytes[i] ^= 0x40;
+        let got: Vec<_> = BinaryReader::new(&bytes[..]).unwrap().collect();
+        assert!(matches!(got[0], Err(FormatError::Checksum(_))));
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(b in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = decode_request(&b, &shape(300));
+            let _ = decode_request(&b, &shape(8));
+            let mut with_magic = header_bytes(&shape(8));
+            with_magic.extend_from_slice(&b);
+            if let Ok(r) = BinaryReader::new(&with_magic[..]) {
+                for item in r {
+                    let _ = item;
+                }
+            }
+        }
+    }
+}
