@@ -269,7 +269,10 @@ impl SchedState {
         };
         self.by_id.remove(&r.req.request_id);
         if let (Some(rec), Some(t)) = (self.cfg.trace.as_ref(), r.trace) {
-            rec.record(t.finish(Some(unix_ms())));
+            // A request that ended before its first step ran has no routing to record.
+            if t.iterations() > 0 {
+                rec.record(t.finish(Some(unix_ms())));
+            }
         }
         self.decode.give_back(r.decode_rank, r.decode_blocks);
         if let (Some(p), Some(pr)) = (self.prefill.as_mut(), r.prefill_rank) {

@@ -10,7 +10,9 @@
 mod assemble;
 mod recorder;
 mod sample;
+mod sink;
 
 pub use assemble::{AssembleError, TraceAssembler};
 pub use recorder::{RecorderError, SinkError, TraceRecorder, TraceSink};
 pub use sample::{SampleFractionError, TraceSampler};
+pub use sink::{open_sinks, BinarySink, PaperTreeSink, BINARY_FILE, PAPER_DIR};
