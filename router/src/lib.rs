@@ -6,6 +6,7 @@ pub mod group;
 pub mod registry;
 pub mod scheduler;
 pub mod stats;
+pub mod trace;
 
 pub use group::{GroupError, WorkerGroup};
 pub use scheduler::{Scheduler, SchedulerConfig};

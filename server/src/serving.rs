@@ -1,13 +1,14 @@
 //! What `moeflow serve` and `moeflow router` share once their worker groups exist: the
 //! scheduler, the worker-statistics poller, the HTTP and gRPC front ends, and the SIGTERM drain.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use moeflow_frontend::{grpc_service, http_app, serve_http, FrontendState};
 use moeflow_router::api::{ModelInfo, SharedBackend};
+use moeflow_router::trace::{TraceRecorder, TraceSampler};
 use moeflow_router::{Scheduler, SchedulerConfig, WorkerGroup};
 use moeflow_worker::config::ModelConfig;
 use moeflow_worker::tokenizer::Tokenizer;
@@ -39,6 +40,18 @@ pub struct ServingArgs {
     /// How long SIGTERM waits for in-flight requests (seconds).
     #[arg(long, default_value_t = 30)]
     pub drain_timeout_s: u64,
+    /// Record the experts every token of every sampled request selected, at every MoE layer,
+    /// under this directory: the paper's JSON tree (`paper/<org>/<model>/<workload>/<id>.json`)
+    /// and the binary columnar file `trace.mfbin`.
+    #[arg(long)]
+    pub trace_dir: Option<PathBuf>,
+    /// Fraction of requests traced, chosen by a hash of the request id (reproducible).
+    #[arg(long, default_value_t = 1.0, requires = "trace_dir")]
+    pub trace_sample: f64,
+    /// Finished traces waiting for the writer beyond this many are dropped (and counted in
+    /// `moeflow:trace_dropped_total`) rather than slow serving down.
+    #[arg(long, default_value_t = 1024)]
+    pub trace_queue: usize,
 }
 
 /// The served model's facts and tokenizer.
@@ -69,6 +82,35 @@ pub fn model_facts(
     ))
 }
 
+/// The trace recorder `--trace-dir` asks for; None without it or with `--trace-sample 0`
+/// (then the workers are never asked to capture anything and nothing is written).
+pub fn start_trace_recorder(
+    args: &ServingArgs,
+    model: &Path,
+    model_id: &str,
+) -> anyhow::Result<Option<TraceRecorder>> {
+    let Some(dir) = &args.trace_dir else {
+        return Ok(None);
+    };
+    let sampler = TraceSampler::new(args.trace_sample)?;
+    if sampler.fraction() == 0.0 {
+        return Ok(None);
+    }
+    let s = ModelConfig::from_dir(model)?.shape();
+    let shape = moeflow_trace::ModelShape {
+        model: Some(model_id.to_string()),
+        num_layers: s.num_layers,
+        num_experts: s.num_experts,
+        top_k: s.experts_per_token,
+        moe_layers: s.moe_layers,
+    };
+    let sinks = moeflow_router::trace::open_sinks(dir, model_id, &shape)
+        .with_context(|| format!("--trace-dir {}", dir.display()))?;
+    let recorder = TraceRecorder::start(sampler, sinks, args.trace_queue)?;
+    tracing::info!(dir = %dir.display(), sample = args.trace_sample, "recording expert traces");
+    Ok(Some(recorder))
+}
+
 /// Serves until Ctrl-C or SIGTERM, then drains and asks the workers to stop.
 pub async fn serve_until_signal(
     prefill: Option<WorkerGroup>,
@@ -76,6 +118,7 @@ pub async fn serve_until_signal(
     info: ModelInfo,
     tokenizer: Arc<Tokenizer>,
     args: &ServingArgs,
+    trace: Option<TraceRecorder>,
 ) -> anyhow::Result<()> {
     let name = info.id.clone();
     let (np, nd) = (
@@ -92,6 +135,7 @@ pub async fn serve_until_signal(
             kv_blocks_per_rank: args.kv_blocks,
             block_size: moeflow_worker::generate::BLOCK_SIZE,
             group_name: "decode".into(),
+            trace: trace.clone(),
         },
         info,
     );
@@ -136,6 +180,10 @@ pub async fn serve_until_signal(
     let _ = stop_tx.send(true);
     let _ = http_task.await;
     let _ = grpc_task.await;
+    if let Some(t) = &trace {
+        // Drained: every trace is queued; write them and complete the files.
+        tokio::task::block_in_place(|| t.close());
+    }
     decode.shutdown().await;
     if let Some(p) = &prefill {
         p.shutdown().await;

@@ -132,6 +132,7 @@ fn chunk(seq: u64, tokens: Vec<u32>, start: u32, prompt: bool) -> pb::SeqChunk {
             seed: None,
         }),
         sample: true,
+        trace: false,
     }
 }
 

@@ -24,6 +24,7 @@ use crate::api::{
     Backend, ComponentHealth, GenerateRequest, ModelInfo, RankLoad, SubmitError, TokenEvent,
 };
 use crate::group::WorkerGroup;
+use crate::trace::TraceRecorder;
 use state::{GroupState, SchedState};
 
 /// Budgets and limits of the scheduler.
@@ -40,6 +41,9 @@ pub struct SchedulerConfig {
     pub block_size: usize,
     /// Name of the group in health reports and metrics.
     pub group_name: String,
+    /// Where the traces of sampled requests go (`--trace-dir`); None records nothing and
+    /// asks the workers for nothing.
+    pub trace: Option<TraceRecorder>,
 }
 
 impl Default for SchedulerConfig {
@@ -51,6 +55,7 @@ impl Default for SchedulerConfig {
             kv_blocks_per_rank: 8192,
             block_size: 16,
             group_name: "decode".into(),
+            trace: None,
         }
     }
 }

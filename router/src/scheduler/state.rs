@@ -8,7 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use moeflow_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
@@ -16,11 +16,14 @@ use tokio::sync::{mpsc, oneshot};
 use super::{ById, Command, SchedulerConfig, Shared};
 use crate::api::{ComponentHealth, FinishReason, GenerateRequest, RankLoad, TokenEvent, Usage};
 use crate::group::{GroupError, WorkerGroup};
+use crate::trace::TraceAssembler;
 
 struct Waiting {
     req: GenerateRequest,
     tx: mpsc::Sender<TokenEvent>,
     arrived: Instant,
+    /// Unix milliseconds of arrival, for the request's trace.
+    arrived_ms: u64,
 }
 
 /// Which group a role refers to.
@@ -44,6 +47,8 @@ struct Running {
     decode_blocks: usize,
     prefill_blocks: usize,
     sampling_sent: bool,
+    /// The request's trace so far, when it is sampled for recording.
+    trace: Option<TraceAssembler>,
 }
 
 /// One worker group and the scheduler's books on it.
@@ -104,6 +109,12 @@ pub(crate) struct SchedState {
     next_seq: u64,
     step_id: u64,
     drains: Vec<oneshot::Sender<()>>,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn usage(r: &Running) -> Usage {
@@ -176,6 +187,7 @@ impl SchedState {
                 req,
                 tx,
                 arrived: Instant::now(),
+                arrived_ms: unix_ms(),
             }),
             Command::Abort(id, reply) => {
                 let found =
@@ -256,6 +268,12 @@ impl SchedState {
             return;
         };
         self.by_id.remove(&r.req.request_id);
+        if let (Some(rec), Some(t)) = (self.cfg.trace.as_ref(), r.trace) {
+            // A request that ended before its first step ran has no routing to record.
+            if t.iterations() > 0 {
+                rec.record(t.finish(Some(unix_ms())));
+            }
+        }
         self.decode.give_back(r.decode_rank, r.decode_blocks);
         if let (Some(p), Some(pr)) = (self.prefill.as_mut(), r.prefill_rank) {
             p.give_back(pr, r.prefill_blocks);
@@ -327,6 +345,19 @@ impl SchedState {
                 p.take(pr, prefill_blocks);
             }
             self.by_id.insert(w.req.request_id.clone(), seq);
+            let trace = self
+                .cfg
+                .trace
+                .as_ref()
+                .filter(|rec| rec.sampled(&w.req.request_id))
+                .map(|_| {
+                    TraceAssembler::new(
+                        w.req.request_id.clone(),
+                        w.req.workload.clone(),
+                        w.req.prompt.len(),
+                        Some(w.arrived_ms),
+                    )
+                });
             let at = match prefill_rank {
                 Some(pr) => (Role::Prefill, pr),
                 None => (Role::Decode, decode_rank),
@@ -348,6 +379,7 @@ impl SchedState {
                         0
                     },
                     sampling_sent: false,
+                    trace,
                 },
             );
         }
@@ -417,6 +449,7 @@ impl SchedState {
                     prompt: true,
                     sampling,
                     sample: r.prefilled + take == plen,
+                    trace: r.trace.is_some(),
                 };
                 r.prefilled += take;
                 c
@@ -431,6 +464,7 @@ impl SchedState {
                     prompt: false,
                     sampling,
                     sample: true,
+                    trace: r.trace.is_some(),
                 }
             };
             r.sampling_sent = true;
@@ -490,12 +524,27 @@ impl SchedState {
     fn deliver(&mut self, responses: Vec<pb::StepResponse>) -> Vec<u64> {
         let mut to_move = Vec::new();
         for res in responses.into_iter().flat_map(|r| r.results) {
-            if !res.sampled {
-                continue;
-            }
             let Some(r) = self.running.get_mut(&res.seq_id) else {
                 continue;
             };
+            if let Some(t) = r.trace.as_mut() {
+                // A traced chunk always comes back with its routing; without it the trace
+                // would silently miss tokens, so it is dropped instead.
+                let appended = match res.routing.as_ref() {
+                    Some(routing) => t.append(routing).map_err(|e| e.to_string()),
+                    None => Err("a traced chunk came back without routing".to_string()),
+                };
+                if let Err(e) = appended {
+                    tracing::warn!(request = %r.req.request_id, error = %e, "trace dropped");
+                    r.trace = None;
+                    if let Some(rec) = &self.cfg.trace {
+                        rec.count_drop("invalid_routing");
+                    }
+                }
+            }
+            if !res.sampled {
+                continue;
+            }
             r.generated.push(res.token);
             if r.tx
                 .try_send(TokenEvent::Token {

@@ -194,6 +194,7 @@ async fn drive(
                 prompt,
                 sampling: prompt.then_some(sampling),
                 sample: true,
+                trace: false,
             });
         }
         if per_rank.iter().all(Vec::is_empty) {

@@ -17,7 +17,7 @@ use moeflow_router::WorkerGroup;
 use moeflow_worker::config::{model_fingerprint, ModelConfig};
 
 use super::serve::{default_model_dir, ensure_default_model};
-use crate::serving::{model_facts, serve_until_signal, ServingArgs};
+use crate::serving::{model_facts, serve_until_signal, start_trace_recorder, ServingArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -67,6 +67,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let fingerprint = model_fingerprint(&model)?;
     let (info, tokenizer) = model_facts(&model, args.serving.served_model_name.as_deref())?;
+    let trace = start_trace_recorder(&args.serving, &model, &info.id)?;
     let _metrics = moeflow_frontend::install_recorder();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -156,6 +157,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         } else {
             None
         };
-        serve_until_signal(prefill, decode, info, tokenizer, &args.serving).await
+        serve_until_signal(prefill, decode, info, tokenizer, &args.serving, trace).await
     })
 }

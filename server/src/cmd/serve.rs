@@ -14,7 +14,7 @@ use moeflow_worker::config::Arch;
 use moeflow_worker::synth::{init_model, Preset};
 
 use crate::launch::{start_local_group, GroupSpec};
-use crate::serving::{model_facts, serve_until_signal, ServingArgs};
+use crate::serving::{model_facts, serve_until_signal, start_trace_recorder, ServingArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -82,6 +82,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let (info, tokenizer) = model_facts(&model, args.serving.served_model_name.as_deref())?;
+    let trace = start_trace_recorder(&args.serving, &model, &info.id)?;
     // Before anything records: metric handles taken without a recorder record nothing.
     let _metrics = moeflow_frontend::install_recorder();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -128,7 +129,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Some(p) => Some(WorkerGroup::connect(p.controls(), Duration::from_secs(120)).await?),
             None => None,
         };
-        serve_until_signal(prefill_group, group, info, tokenizer, &args.serving).await
+        serve_until_signal(prefill_group, group, info, tokenizer, &args.serving, trace).await
     });
     decode.stop(Duration::from_secs(5));
     if let Some(p) = prefill.as_mut() {

@@ -260,7 +260,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     .max_encoding_message_size(1 << 30),
             )
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(control),
+                // Without TCP_NODELAY a step response written in more than one segment waits
+                // for the router's delayed ACK (tens of milliseconds per step).
+                tokio_stream::StreamExt::map(
+                    tokio_stream::wrappers::TcpListenerStream::new(control),
+                    |s| s.and_then(|s| s.set_nodelay(true).map(|()| s)),
+                ),
                 async move {
                     let _ = shutdown.wait_for(|s| *s).await;
                 },

@@ -7,11 +7,13 @@
 //! - a [`MoeDispatch`] decides where the routed computation runs: [`LocalDispatch`] in one
 //!   process, an all-to-all implementation across the ranks of a worker group.
 
+mod capture;
 mod dispatch;
 mod experts;
 pub(crate) mod gate;
 mod routing;
 
+pub use capture::{RoutingCapture, SeqRouting};
 pub use dispatch::{LocalDispatch, MoeDispatch, RoutingObserver};
 pub use experts::{Assignment, ExpertSet, LayerExperts};
 pub use gate::{Gate, GroupLimitedSigmoidGate, SoftmaxTopKGate, TopKSigmoidInputGate};

@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 use crate::error::{ModelError, Result};
 use crate::kv_cache::{KvCache, SeqId, SeqKv};
 use crate::model::{ForwardCtx, LogitsMode, SeqInput, Transformer};
-use crate::moe::MoeDispatch;
+use crate::moe::{MoeDispatch, RoutingCapture, RoutingObserver, SeqRouting};
 use crate::sampling::{Sample, Sampler, SamplingParams};
 
 /// New tokens of one sequence for a step.
@@ -23,6 +23,8 @@ pub struct ChunkInput {
     pub sampling: Option<SamplingParams>,
     /// Whether to sample a token after this chunk.
     pub sample: bool,
+    /// Whether to capture the experts this chunk's tokens select (trace recording).
+    pub trace: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -36,6 +38,8 @@ pub struct SeqOutput {
     pub seq: SeqId,
     pub sample: Option<Sample>,
     pub logits: Option<Vec<f32>>,
+    /// What the chunk's tokens selected, when the chunk asked for `trace`.
+    pub routing: Option<SeqRouting>,
 }
 
 /// A sequence in transit between workers.
@@ -109,10 +113,12 @@ impl<D: MoeDispatch + DispatchStats> Engine<D> {
                 prompt: c.prompt,
             })
             .collect();
+        // Only steps with traced chunks install an observer: untraced serving pays nothing.
+        let mut capture = RoutingCapture::new(input.seqs.iter().filter(|c| c.trace).map(|c| c.seq));
         let logits = {
             let mut ctx = ForwardCtx {
                 dispatch: &mut self.dispatch,
-                observer: None,
+                observer: (!capture.is_empty()).then_some(&mut capture as &mut dyn RoutingObserver),
             };
             self.model
                 .forward(&batch, &mut self.kv, &mut ctx, LogitsMode::LastPerSeq)?
@@ -132,6 +138,7 @@ impl<D: MoeDispatch + DispatchStats> Engine<D> {
                 seq: c.seq,
                 sample,
                 logits: input.return_logits.then_some(row),
+                routing: capture.take(c.seq),
             });
         }
         Ok(out)

@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 use super::engine::{ChunkInput, EngineHandle, StepInput, Transfer};
 use crate::error::ModelError;
 use crate::kv_cache::SeqKv;
+use crate::moe::SeqRouting;
 use crate::sampling::SamplingParams;
 
 /// Serves one rank's engine over gRPC.
@@ -78,6 +79,17 @@ fn bytes_to_f32s(seq: u64, field: &str, b: &[u8]) -> Result<Vec<f32>, Status> {
         .collect())
 }
 
+fn routing_to_pb(r: SeqRouting) -> pb::SeqRouting {
+    pb::SeqRouting {
+        layers: r.layers,
+        top_k: r.top_k as u32,
+        tokens: r.tokens as u32,
+        expert_ids: r.ids.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        weights: f32s_to_bytes(&r.weights),
+        prompt: r.prompt,
+    }
+}
+
 fn chunk_from_pb(c: pb::SeqChunk) -> Result<ChunkInput, Status> {
     let sampling = match c.sampling {
         Some(s) => Some(sampling_from_pb(c.seq_id, s)?),
@@ -90,6 +102,7 @@ fn chunk_from_pb(c: pb::SeqChunk) -> Result<ChunkInput, Status> {
         prompt: c.prompt,
         sampling,
         sample: c.sample,
+        trace: c.trace,
     })
 }
 
@@ -121,6 +134,7 @@ impl pb::worker_server::Worker for WorkerService {
                 logprob: o.sample.map_or(0.0, |s| s.logprob),
                 logits: o.logits.unwrap_or_default(),
                 sampled: o.sample.is_some(),
+                routing: o.routing.map(routing_to_pb),
             })
             .collect();
         Ok(Response::new(pb::StepResponse {
