@@ -31,6 +31,8 @@ enum Command {
     Router(cmd::router::Args),
     /// Benchmark any OpenAI-compatible endpoint.
     Bench(cmd::bench::Args),
+    /// Placement plans of a running deployment: apply one to a group, show a group's.
+    Place(cmd::place::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,6 +46,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => cmd::serve::run(args),
         Command::Router(args) => cmd::router::run(args),
         Command::Bench(args) => cmd::bench::run(args),
+        Command::Place(args) => cmd::place::run(args),
     }
 }
 

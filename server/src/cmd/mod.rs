@@ -5,6 +5,7 @@ pub mod device;
 pub mod generate;
 pub mod group;
 pub mod init_model;
+pub mod place;
 pub mod router;
 pub mod serve;
 pub mod worker;

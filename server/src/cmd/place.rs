@@ -1,0 +1,116 @@
+//! `moeflow place`: placement plans of a running deployment, through the router's `Admin`
+//! gRPC API.
+//!
+//! `apply` moves a running group to a plan (experts load in the background while serving
+//! continues; the group switches between two steps); `show` prints the plan a group runs.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use moeflow_placement::PlacementPlan;
+use moeflow_proto::v1 as pb;
+use moeflow_proto::v1::admin_client::AdminClient;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: PlaceCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum PlaceCommand {
+    /// Move a running group to a placement plan.
+    Apply(ApplyArgs),
+    /// Print the placement plan a running group uses (JSON).
+    Show(ShowArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// The plan (moeflow.placement/v1 JSON).
+    #[arg(long)]
+    pub plan: PathBuf,
+    /// `prefill` or `decode`.
+    #[arg(long)]
+    pub group: String,
+    /// gRPC address of `moeflow serve` / `moeflow router`.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ShowArgs {
+    #[arg(long)]
+    pub group: String,
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        match args.command {
+            PlaceCommand::Apply(a) => apply(a).await,
+            PlaceCommand::Show(s) => show(s).await,
+        }
+    })
+}
+
+async fn connect(addr: &str) -> anyhow::Result<AdminClient<tonic::transport::Channel>> {
+    let addr = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    Ok(AdminClient::connect(addr.clone())
+        .await
+        .with_context(|| format!("reaching {addr}"))?
+        .max_decoding_message_size(64 << 20))
+}
+
+async fn apply(a: ApplyArgs) -> anyhow::Result<()> {
+    // Checked here too, so a malformed file fails before any network round trip; the workers
+    // check it against the model and the group.
+    let plan = PlacementPlan::from_file(&a.plan)
+        .with_context(|| format!("--plan {}", a.plan.display()))?;
+    let mut client = connect(&a.addr).await?;
+    let r = client
+        .apply_plan(pb::ApplyPlanRequest {
+            group: a.group.clone(),
+            plan_json: plan.to_json_pretty(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))
+        .with_context(|| format!("applying {} to group {}", a.plan.display(), a.group))?
+        .into_inner();
+    println!(
+        "{}",
+        serde_json::json!({
+            "group": a.group,
+            "old_version": format!("{:016x}", r.old_version),
+            "new_version": format!("{:016x}", r.new_version),
+            "experts_loaded": r.experts_loaded,
+            "bytes_loaded": r.bytes_loaded,
+            "experts_dropped": r.experts_dropped,
+            "prepare_seconds": r.prepare_seconds,
+            "commit_seconds": r.commit_seconds,
+        })
+    );
+    Ok(())
+}
+
+async fn show(s: ShowArgs) -> anyhow::Result<()> {
+    let mut client = connect(&s.addr).await?;
+    let r = client
+        .get_plan(pb::GroupPlanRequest {
+            group: s.group.clone(),
+        })
+        .await
+        .map_err(|st| anyhow::anyhow!("{}", st.message()))
+        .with_context(|| format!("reading the plan of group {}", s.group))?
+        .into_inner();
+    println!("{}", r.plan_json);
+    Ok(())
+}
