@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/moeflow/v1/group.proto",
         "proto/moeflow/v1/worker.proto",
         "proto/moeflow/v1/registry.proto",
+        "proto/moeflow/v1/admin.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

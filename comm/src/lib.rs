@@ -71,6 +71,12 @@ pub trait Communicator: Send {
     /// Payload bytes and messages sent to and received from each peer since creation.
     fn stats(&self) -> CommStats;
 
+    /// Records that the group switched to the placement plan with fingerprint `version`.
+    /// Every rank calls it at the same step boundary (after agreeing on the version), so the
+    /// identity each rank presents and checks from then on names the plan it runs. Backends
+    /// without an identity ignore it.
+    fn set_plan_version(&mut self, _version: u64) {}
+
     /// [`Communicator::all_to_all_v`] for f32 activations (little-endian on the wire).
     fn all_to_all_v_f32(&mut self, send: Vec<Vec<f32>>) -> Result<Vec<Vec<f32>>, CommError> {
         let bytes = send.iter().map(|v| f32_to_bytes(v)).collect();

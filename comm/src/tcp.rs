@@ -281,6 +281,10 @@ impl Communicator for TcpComm {
             .take_p2p(peer, tag, deadline, self.cfg.op_timeout)
     }
 
+    fn set_plan_version(&mut self, version: u64) {
+        self.identity.plan_version = version;
+    }
+
     fn stats(&self) -> CommStats {
         self.stats.snapshot()
     }

@@ -6,6 +6,8 @@
 //! a peer the others lost, a deadline passed) fails the whole step with an error that names
 //! the rank, so callers end the affected requests instead of waiting.
 
+mod plan;
+
 use std::time::Duration;
 
 use moeflow_proto::v1 as pb;

@@ -30,6 +30,20 @@ fn sum_remote(v: &Value, rank: usize) -> u64 {
     })
 }
 
+/// Publishes one rank's MoE timing of one layer: steps run, seconds of expert compute and of
+/// the whole routed part (what placement changes; the busiest rank's compute sets the pace).
+fn publish_timing(name: &str, layer: &str, rank: usize, l: &Value) {
+    let labels = [
+        ("group", name.to_string()),
+        ("layer", layer.to_string()),
+        ("rank", rank.to_string()),
+    ];
+    let f = |k: &str| l.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+    metrics::gauge!("moeflow:moe_layer_steps", &labels).set(f("calls"));
+    metrics::gauge!("moeflow:expert_compute_seconds", &labels).set(f("compute_seconds"));
+    metrics::gauge!("moeflow:moe_routed_seconds", &labels).set(f("routed_seconds"));
+}
+
 /// Reads the ranks' counters once and sets the gauges. Ranks that do not answer are skipped.
 pub async fn publish_group_stats(name: &str, group: &WorkerGroup) {
     let n = group.world_size();
@@ -43,6 +57,7 @@ pub async fn publish_group_stats(name: &str, group: &WorkerGroup) {
             continue;
         };
         for (layer, l) in ls {
+            publish_timing(name, layer, rank, l);
             let entry = layers
                 .entry(layer.clone())
                 .or_insert_with(|| vec![(0, 0, 0); n]);

@@ -33,7 +33,8 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Expert-selection traces: analyse, synthesise, convert.
     Trace(cmd::trace::Args),
-    /// Expert placement plans: make them from traces and evaluate them by replay.
+    /// Expert placement plans: make them from traces, evaluate them by replay, apply them to
+    /// a running group.
     Place(cmd::place::Args),
 }
 

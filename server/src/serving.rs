@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use moeflow_frontend::{grpc_service, http_app, serve_http, FrontendState};
+use moeflow_router::admin::AdminService;
 use moeflow_router::api::{ModelInfo, SharedBackend};
+use moeflow_router::rebalance::{spawn_rebalancer, GreedyBalance, RebalanceConfig};
 use moeflow_router::trace::{TraceRecorder, TraceSampler};
 use moeflow_router::{Scheduler, SchedulerConfig, WorkerGroup};
 use moeflow_worker::config::ModelConfig;
@@ -52,6 +54,20 @@ pub struct ServingArgs {
     /// `moeflow:trace_dropped_total`) rather than slow serving down.
     #[arg(long, default_value_t = 1024)]
     pub trace_queue: usize,
+    #[command(flatten)]
+    pub rebalance: RebalanceArgs,
+}
+
+/// Periodic re-placement of the decode group.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RebalanceArgs {
+    /// Re-plan the decode group every this many seconds from the expert loads of the last
+    /// window, and apply the plan when its modelled gain is above --rebalance-threshold.
+    #[arg(long)]
+    pub rebalance_every: Option<f64>,
+    /// Minimum modelled gain (busiest-rank load, old over new, minus 1) worth a switch.
+    #[arg(long, default_value_t = 0.05)]
+    pub rebalance_threshold: f64,
 }
 
 /// The served model's facts and tokenizer.
@@ -144,6 +160,30 @@ pub async fn serve_until_signal(
         watched.push(("prefill".to_string(), p.clone()));
     }
     let poller = moeflow_router::stats::spawn_stats_poller(watched, Duration::from_secs(5));
+    let rebalancer = match args.rebalance.rebalance_every {
+        Some(secs) if secs > 0.0 && secs.is_finite() => {
+            tracing::info!(
+                every_s = secs,
+                threshold = args.rebalance.rebalance_threshold,
+                "rebalancing the decode group"
+            );
+            Some(spawn_rebalancer(
+                scheduler.clone(),
+                decode.clone(),
+                Arc::new(GreedyBalance),
+                RebalanceConfig {
+                    every: Duration::from_secs_f64(secs),
+                    threshold: args.rebalance.rebalance_threshold,
+                    group: "decode".into(),
+                },
+            ))
+        }
+        Some(secs) => {
+            anyhow::bail!("--rebalance-every: must be a positive number of seconds, got {secs}")
+        }
+        None => None,
+    };
+    let admin = AdminService::new(scheduler.clone()).into_server();
     let backend: SharedBackend = scheduler.clone();
     let state = FrontendState::new(backend, tokenizer);
     let http = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
@@ -164,6 +204,7 @@ pub async fn serve_until_signal(
     let grpc_task = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(grpc_service(state))
+            .add_service(admin)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc),
                 async move {
@@ -173,6 +214,9 @@ pub async fn serve_until_signal(
     );
     shutdown_signal().await;
     poller.abort();
+    if let Some(r) = rebalancer {
+        r.abort();
+    }
     tracing::info!("shutting down: draining in-flight requests");
     scheduler
         .drain(Duration::from_secs(args.drain_timeout_s))

@@ -27,6 +27,8 @@ use crate::group::WorkerGroup;
 use crate::trace::TraceRecorder;
 use state::{GroupState, SchedState};
 
+pub use state::replan::{ApplyPlanError, GroupPlan, PlanApplied};
+
 /// Budgets and limits of the scheduler.
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
@@ -65,6 +67,9 @@ pub(crate) enum Command {
     Abort(String, oneshot::Sender<bool>),
     Loads(oneshot::Sender<Vec<RankLoad>>),
     Drain(oneshot::Sender<()>),
+    ApplyPlan(String, String, state::replan::ApplyReply),
+    PlanPrepared(Box<state::replan::Prepared>),
+    GetPlan(String, state::replan::PlanReply),
 }
 
 /// Shared flags the front ends read without a round trip to the scheduler task.
@@ -111,6 +116,7 @@ impl Scheduler {
             prefill.map(|g| GroupState::new(g, "prefill".into())),
             cfg.clone(),
             shared.clone(),
+            tx.clone(),
         );
         tokio::spawn(state.run(rx));
         Arc::new(Self {
@@ -119,6 +125,31 @@ impl Scheduler {
             cfg,
             info,
         })
+    }
+
+    /// Moves the running group `group` (`prefill` or `decode`) to the placement plan
+    /// `plan_json`: every rank checks it and loads the experts it gains while serving goes
+    /// on, then the group switches between two steps. A plan that does not fit is refused
+    /// before anything changes; on any failure the old plan keeps serving.
+    pub async fn apply_plan(
+        &self,
+        group: &str,
+        plan_json: String,
+    ) -> Result<PlanApplied, ApplyPlanError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::ApplyPlan(group.to_string(), plan_json, tx))
+            .map_err(|_| ApplyPlanError::Stopped)?;
+        rx.await.map_err(|_| ApplyPlanError::Stopped)?
+    }
+
+    /// The placement plan `group` runs now.
+    pub async fn plan(&self, group: &str) -> Result<GroupPlan, ApplyPlanError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::GetPlan(group.to_string(), tx))
+            .map_err(|_| ApplyPlanError::Stopped)?;
+        rx.await.map_err(|_| ApplyPlanError::Stopped)?
     }
 
     /// Stops admitting and waits until every accepted request has finished.

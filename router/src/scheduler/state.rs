@@ -5,6 +5,8 @@
 //! sampler state move to the decode rank reserved at admission as soon as its prompt is done
 //! (the first token is sampled on the prefill rank). Both groups step concurrently.
 
+pub(crate) mod replan;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
@@ -109,6 +111,11 @@ pub(crate) struct SchedState {
     next_seq: u64,
     step_id: u64,
     drains: Vec<oneshot::Sender<()>>,
+    /// The loop's own command sender, for background work that reports back.
+    self_tx: mpsc::UnboundedSender<Command>,
+    /// Groups with a placement switch in progress, and prepared switches to commit.
+    switching: Vec<Role>,
+    pending_commits: Vec<replan::PendingCommit>,
 }
 
 fn unix_ms() -> u64 {
@@ -130,6 +137,7 @@ impl SchedState {
         prefill: Option<GroupState>,
         cfg: SchedulerConfig,
         shared: Arc<Shared>,
+        self_tx: mpsc::UnboundedSender<Command>,
     ) -> Self {
         let s = Self {
             decode,
@@ -142,6 +150,9 @@ impl SchedState {
             next_seq: 1,
             step_id: 0,
             drains: Vec::new(),
+            self_tx,
+            switching: Vec::new(),
+            pending_commits: Vec::new(),
         };
         s.publish_health();
         s
@@ -167,6 +178,8 @@ impl SchedState {
             while let Ok(cmd) = rx.try_recv() {
                 self.handle(cmd);
             }
+            // Between two steps: the one place a placement switch may happen.
+            self.commit_pending().await;
             self.drop_cancelled();
             if let Some(why) = self.decode.broken.clone() {
                 self.fail_waiting(&format!("worker group {} is down: {why}", self.decode.name));
@@ -244,6 +257,9 @@ impl SchedState {
                 let _ = reply.send(loads);
             }
             Command::Drain(reply) => self.drains.push(reply),
+            Command::ApplyPlan(group, json, reply) => self.start_apply(group, json, reply),
+            Command::PlanPrepared(p) => self.prepared(*p),
+            Command::GetPlan(group, reply) => self.get_plan(group, reply),
         }
     }
 

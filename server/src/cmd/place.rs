@@ -1,5 +1,15 @@
 //! `moeflow place`: placement plans from traces (`plan`), judged by trace replay (`eval`,
-//! `compare`).
+//! `compare`; see `place_plan`), and the plans of a running deployment, through the router's
+//! `Admin` gRPC API: `apply` moves a running group to a plan (experts load in the background
+//! while serving continues; the group switches between two steps); `show` prints the plan a
+//! group runs.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use moeflow_placement::PlacementPlan;
+use moeflow_proto::v1 as pb;
+use moeflow_proto::v1::admin_client::AdminClient;
 
 use super::place_plan;
 
@@ -17,6 +27,31 @@ pub enum PlaceCommand {
     Eval(place_plan::EvalArgs),
     /// Plan with several planners from the same data and replay them side by side.
     Compare(place_plan::CompareArgs),
+    /// Move a running group to a placement plan.
+    Apply(ApplyArgs),
+    /// Print the placement plan a running group uses (JSON).
+    Show(ShowArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// The plan (moeflow.placement/v1 JSON).
+    #[arg(long)]
+    pub plan: PathBuf,
+    /// `prefill` or `decode`.
+    #[arg(long)]
+    pub group: String,
+    /// gRPC address of `moeflow serve` / `moeflow router`.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ShowArgs {
+    #[arg(long)]
+    pub group: String,
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -24,5 +59,71 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         PlaceCommand::Plan(a) => place_plan::plan(a),
         PlaceCommand::Eval(a) => place_plan::eval(a),
         PlaceCommand::Compare(a) => place_plan::compare(a),
+        PlaceCommand::Apply(a) => block_on(apply(a)),
+        PlaceCommand::Show(s) => block_on(show(s)),
     }
+}
+
+fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+async fn connect(addr: &str) -> anyhow::Result<AdminClient<tonic::transport::Channel>> {
+    let addr = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    Ok(AdminClient::connect(addr.clone())
+        .await
+        .with_context(|| format!("reaching {addr}"))?
+        .max_decoding_message_size(64 << 20))
+}
+
+async fn apply(a: ApplyArgs) -> anyhow::Result<()> {
+    // Checked here too, so a malformed file fails before any network round trip; the workers
+    // check it against the model and the group.
+    let plan = PlacementPlan::from_file(&a.plan)
+        .with_context(|| format!("--plan {}", a.plan.display()))?;
+    let mut client = connect(&a.addr).await?;
+    let r = client
+        .apply_plan(pb::ApplyPlanRequest {
+            group: a.group.clone(),
+            plan_json: plan.to_json_pretty(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))
+        .with_context(|| format!("applying {} to group {}", a.plan.display(), a.group))?
+        .into_inner();
+    println!(
+        "{}",
+        serde_json::json!({
+            "group": a.group,
+            "old_version": format!("{:016x}", r.old_version),
+            "new_version": format!("{:016x}", r.new_version),
+            "experts_loaded": r.experts_loaded,
+            "bytes_loaded": r.bytes_loaded,
+            "experts_dropped": r.experts_dropped,
+            "prepare_seconds": r.prepare_seconds,
+            "commit_seconds": r.commit_seconds,
+        })
+    );
+    Ok(())
+}
+
+async fn show(s: ShowArgs) -> anyhow::Result<()> {
+    let mut client = connect(&s.addr).await?;
+    let r = client
+        .get_plan(pb::GroupPlanRequest {
+            group: s.group.clone(),
+        })
+        .await
+        .map_err(|st| anyhow::anyhow!("{}", st.message()))
+        .with_context(|| format!("reading the plan of group {}", s.group))?
+        .into_inner();
+    println!("{}", r.plan_json);
+    Ok(())
 }

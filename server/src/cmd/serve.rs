@@ -41,6 +41,11 @@ pub struct Args {
     /// Extra arguments for every worker (e.g. `--dtype bf16`), whitespace-separated.
     #[arg(long, default_value = "")]
     worker_args: String,
+    /// BENCHMARKING ONLY: every worker's gates select experts by sampling this expert-count
+    /// distribution (SGLang `logical_count` JSON), to show real load skew on a small model
+    /// (see `moeflow worker --route-replay`). Generated text is then meaningless.
+    #[arg(long)]
+    route_replay: Option<PathBuf>,
     #[command(flatten)]
     serving: ServingArgs,
 }
@@ -97,6 +102,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "--kv-blocks".to_string(),
         args.serving.kv_blocks.to_string(),
     ]);
+    if let Some(src) = &args.route_replay {
+        let src = std::fs::canonicalize(src)
+            .with_context(|| format!("--route-replay {}", src.display()))?;
+        extra.extend(["--route-replay".to_string(), src.display().to_string()]);
+    }
     let mut prefill = if args.prefill_workers > 0 {
         Some(start_local_group(
             &rt,

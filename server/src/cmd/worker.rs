@@ -26,7 +26,8 @@ use moeflow_proto::v1::worker_server::WorkerServer;
 use moeflow_worker::config::{model_fingerprint, ModelConfig};
 use moeflow_worker::group::EpDispatch;
 use moeflow_worker::model::{LoadOptions, Transformer};
-use moeflow_worker::runtime::{Engine, EngineHandle, WorkerService};
+use moeflow_worker::moe::RouteReplay;
+use moeflow_worker::runtime::{Engine, EngineHandle, ReplanContext, WorkerService};
 
 use super::device::DeviceArgs;
 
@@ -88,6 +89,14 @@ pub struct Args {
     /// KV cache capacity in blocks of 16 tokens (allocated as used).
     #[arg(long, default_value_t = 8192)]
     pub kv_blocks: usize,
+    /// BENCHMARKING ONLY: the gates select experts by sampling an expert-count distribution
+    /// (SGLang `{"logical_count": [[...]]}` JSON) instead of by their scores, to show the
+    /// load skew of real traffic on a small model. Outputs are then meaningless.
+    #[arg(long)]
+    pub route_replay: Option<PathBuf>,
+    /// Seed of `--route-replay`'s draws (every rank of a group must use the same).
+    #[arg(long, default_value_t = 0)]
+    pub route_replay_seed: u64,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -191,7 +200,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .map(|l| format!(" leader={l}"))
         .unwrap_or_default();
     let filter = |layer: usize, e: u32| plan.hosts(layer, rank, e);
-    let model = Transformer::load(
+    let mut model = Transformer::load(
         &args.model,
         LoadOptions {
             dtype,
@@ -199,7 +208,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             experts: Some(&filter),
         },
     )?;
+    if let Some(src) = &args.route_replay {
+        let replay = RouteReplay::from_file(
+            src,
+            &shape.moe_layers,
+            shape.num_experts,
+            shape.experts_per_token,
+            args.route_replay_seed,
+        )?;
+        tracing::warn!(source = %src.display(), "route replay is on: gates follow the recorded distribution (benchmarking only)");
+        model.set_route_replay(Some(std::sync::Arc::new(replay)));
+    }
     let kv = model.kv_cache(moeflow_worker::generate::BLOCK_SIZE, args.kv_blocks);
+    let replan = ReplanContext {
+        rank,
+        world_size: membership.world_size,
+        target: target.clone(),
+        model_dir: args.model.clone(),
+        dtype,
+        device: device.clone(),
+    };
     let engine = match args.comm.as_str() {
         "tcp" => {
             let cfg = TcpConfig {
@@ -214,7 +242,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 identity.clone(),
                 cfg,
             )?;
-            EngineHandle::spawn(Engine::new(model, kv, EpDispatch::new(comm, &plan)?))
+            EngineHandle::spawn(
+                Engine::new(model, kv, EpDispatch::new(comm, &plan)?).with_plan(plan.clone(), rank),
+            )
         }
         "nccl" => nccl_engine(model, kv, &plan, &membership, args.nccl_device)?,
         other => bail!("--comm: unknown backend `{other}` (tcp, nccl)"),
@@ -226,6 +256,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         identity.model_fingerprint.clone(),
         identity.plan_version,
     );
+    let service = service.with_replanning(replan);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -289,11 +320,10 @@ fn nccl_engine(
         .nccl_unique_id
         .context("the coordinator handed out no NCCL unique id")?;
     let comm = moeflow_comm::NcclComm::new(membership.rank, membership.world_size, id, device)?;
-    Ok(EngineHandle::spawn(Engine::new(
-        model,
-        kv,
-        EpDispatch::new(comm, plan)?,
-    )))
+    Ok(EngineHandle::spawn(
+        Engine::new(model, kv, EpDispatch::new(comm, plan)?)
+            .with_plan(plan.clone(), membership.rank),
+    ))
 }
 
 #[cfg(not(feature = "nccl"))]

@@ -77,6 +77,7 @@ impl<C: Communicator> MoeDispatch for EpDispatch<C> {
         routing: &Routing,
         local: &LayerExperts,
     ) -> Result<Tensor> {
+        let started = std::time::Instant::now();
         let world = self.comm.world_size();
         let rank = self.comm.rank();
         let dtype = x.dtype();
@@ -168,12 +169,14 @@ impl<C: Communicator> MoeDispatch for EpDispatch<C> {
             rows_in.extend_from_slice(rows);
         }
         let n = n as usize;
+        let compute_start = std::time::Instant::now();
         let y = if n > 0 {
             let xr = bytes_to_rows(&rows_in, n, hidden, dtype, &device)?;
             rows_to_bytes(&local.compute(&xr, &assignments, routing.apply, n)?)?
         } else {
             Vec::new()
         };
+        stats.compute_seconds += compute_start.elapsed().as_secs_f64();
 
         // 4. Combine: results go back to their origin in arrival order.
         let mut back = Vec::with_capacity(world);
@@ -211,6 +214,8 @@ impl<C: Communicator> MoeDispatch for EpDispatch<C> {
                 }
             }
         }
+        stats.calls += 1;
+        stats.routed_seconds += started.elapsed().as_secs_f64();
         record_metrics(layer, rank, stats);
         Ok(Tensor::from_vec(out, (tokens, hidden), &device)?.to_dtype(dtype)?)
     }
@@ -239,5 +244,36 @@ fn record_metrics(layer: usize, rank: usize, s: &super::stats::LayerStats) {
 impl<C: Communicator> crate::runtime::DispatchStats for EpDispatch<C> {
     fn stats_json(&self) -> Option<String> {
         serde_json::to_string(&self.stats).ok()
+    }
+
+    fn agree(&mut self, value: u64) -> Result<Vec<u64>> {
+        self.comm
+            .all_gather(&value.to_le_bytes())?
+            .iter()
+            .enumerate()
+            .map(|(r, b)| {
+                <[u8; 8]>::try_from(b.as_slice())
+                    .map(u64::from_le_bytes)
+                    .map_err(|_| {
+                        ModelError::Dispatch(format!(
+                            "rank {r} sent {} bytes where a plan version (8) was expected",
+                            b.len()
+                        ))
+                    })
+            })
+            .collect()
+    }
+
+    fn set_plan(&mut self, plan: &PlacementPlan) -> Result<()> {
+        if plan.num_ranks != self.comm.world_size() {
+            return Err(ModelError::Dispatch(format!(
+                "plan is for {} ranks, the group has {}",
+                plan.num_ranks,
+                self.comm.world_size()
+            )));
+        }
+        self.selector = ReplicaSelector::new(plan);
+        self.comm.set_plan_version(plan.fingerprint());
+        Ok(())
     }
 }

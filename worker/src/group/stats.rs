@@ -17,6 +17,13 @@ pub struct LayerStats {
     pub remote_selections: u64,
     /// All selections of this rank's tokens.
     pub selections: u64,
+    /// Times this layer ran (one per step).
+    pub calls: u64,
+    /// Seconds this rank spent computing its hosted experts (the part a placement balances:
+    /// the busiest rank's share decides how long the others wait in the combine).
+    pub compute_seconds: f64,
+    /// Seconds of the whole routed part (dispatch, expert compute, combine) on this rank.
+    pub routed_seconds: f64,
 }
 
 impl LayerStats {
@@ -28,6 +35,9 @@ impl LayerStats {
             dest_histogram: vec![0; world + 1],
             remote_selections: 0,
             selections: 0,
+            calls: 0,
+            compute_seconds: 0.0,
+            routed_seconds: 0.0,
         }
     }
 

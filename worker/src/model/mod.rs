@@ -9,21 +9,26 @@
 
 mod attention;
 mod deepseek_v3;
+mod expert_reader;
 mod experts;
 mod llama4;
 mod qwen3_moe;
 
 pub use attention::{Attention, GqaAttention, MlaAttention};
+pub use expert_reader::ExpertReader;
 
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::{ModelConfig, ModelShape};
 use crate::error::{ModelError, Result};
 use crate::kv_cache::{KvCache, KvCacheConfig, SeqId};
-use crate::moe::{ExpertSet, Gate, LayerExperts, MoeDispatch, Routing, RoutingObserver};
+use crate::moe::{
+    token_key, ExpertSet, Gate, LayerExperts, MoeDispatch, RouteReplay, Routing, RoutingObserver,
+};
 use crate::nn::{Linear, RmsNorm, SwiGlu};
 use crate::weights::WeightStore;
 
@@ -116,6 +121,8 @@ pub struct Transformer {
     experts: ExpertSet,
     dtype: DType,
     device: Device,
+    /// Benchmarking only: gates select experts from a recorded distribution.
+    route_replay: Option<Arc<RouteReplay>>,
 }
 
 impl Transformer {
@@ -142,7 +149,20 @@ impl Transformer {
             experts: parts.experts,
             dtype: opts.dtype,
             device: opts.device.clone(),
+            route_replay: None,
         })
+    }
+
+    /// Swaps in another set of hosted experts (a committed placement switch) and returns the
+    /// previous one. The caller makes sure every MoE layer is present.
+    pub fn replace_experts(&mut self, experts: ExpertSet) -> ExpertSet {
+        std::mem::replace(&mut self.experts, experts)
+    }
+
+    /// Benchmarking only: makes every gate select its experts as `replay` says (see
+    /// [`RouteReplay`]); `None` restores the real routing.
+    pub fn set_route_replay(&mut self, replay: Option<Arc<RouteReplay>>) {
+        self.route_replay = replay;
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -306,6 +326,14 @@ impl Transformer {
             .iter()
             .flat_map(|s| s.tokens.iter().copied())
             .collect();
+        let replay_keys: Vec<u64> = match &self.route_replay {
+            Some(_) => ids
+                .iter()
+                .zip(&layout.positions)
+                .map(|(&tok, &pos)| token_key(tok, pos))
+                .collect(),
+            None => Vec::new(),
+        };
         let ids = Tensor::from_vec(ids, t, &self.device)?;
         let mut x = self.embed.index_select(&ids, 0)?;
         for (l, layer) in self.layers.iter().enumerate() {
@@ -317,7 +345,10 @@ impl Transformer {
             let f = match &layer.ffn {
                 FeedForward::Dense(mlp) => mlp.forward(&hn)?,
                 FeedForward::Moe(block) => {
-                    let routing = block.gate.route(&hn)?;
+                    let mut routing = block.gate.route(&hn)?;
+                    if let Some(replay) = &self.route_replay {
+                        routing = replay.rewrite(l, &routing, &replay_keys);
+                    }
                     if let Some(obs) = ctx.observer.as_deref_mut() {
                         obs.observe(l, &layout.spans, &routing);
                     }

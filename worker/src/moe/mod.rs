@@ -11,10 +11,12 @@ mod capture;
 mod dispatch;
 mod experts;
 pub(crate) mod gate;
+mod replay;
 mod routing;
 
 pub use capture::{RoutingCapture, SeqRouting};
 pub use dispatch::{LocalDispatch, MoeDispatch, RoutingObserver};
 pub use experts::{Assignment, ExpertSet, LayerExperts};
 pub use gate::{Gate, GroupLimitedSigmoidGate, SoftmaxTopKGate, TopKSigmoidInputGate};
+pub use replay::{token_key, ReplayError, RouteReplay};
 pub use routing::{Routing, WeightApplication};

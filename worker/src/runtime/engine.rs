@@ -4,7 +4,10 @@ use std::collections::HashMap;
 use std::sync::mpsc;
 use std::time::Instant;
 
+use moeflow_placement::PlacementPlan;
 use tokio::sync::oneshot;
+
+use super::replan::{self, StagedPlan};
 
 use crate::error::{ModelError, Result};
 use crate::kv_cache::{KvCache, SeqId, SeqKv};
@@ -59,6 +62,16 @@ pub struct EngineStatus {
     pub kv_free_blocks: usize,
     /// JSON of the dispatch's data-movement counters, when it keeps any.
     pub dispatch_stats: Option<String>,
+    /// Fingerprint of the placement plan the engine runs, when it knows it.
+    pub plan_fingerprint: Option<u64>,
+}
+
+/// What a committed placement switch did on this rank.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommitOutcome {
+    pub plan_version: u64,
+    pub experts_dropped: usize,
+    pub seconds: f64,
 }
 
 /// Hooks the engine needs from its dispatch beyond [`MoeDispatch`].
@@ -66,6 +79,17 @@ pub trait DispatchStats {
     /// JSON of accumulated counters, if the dispatch keeps any.
     fn stats_json(&self) -> Option<String> {
         None
+    }
+
+    /// Every rank's `value`, by rank (an all-gather); a single process has only its own.
+    fn agree(&mut self, value: u64) -> Result<Vec<u64>> {
+        Ok(vec![value])
+    }
+
+    /// Routes by `plan` from the next step on (called on every rank at the same step
+    /// boundary, after [`DispatchStats::agree`]).
+    fn set_plan(&mut self, _plan: &PlacementPlan) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -77,6 +101,10 @@ pub struct Engine<D> {
     kv: KvCache,
     dispatch: D,
     samplers: HashMap<SeqId, Sampler>,
+    /// The placement plan this rank runs and its rank in it (unknown for engines that were
+    /// not given one: they cannot switch).
+    plan: Option<(PlacementPlan, usize)>,
+    staged: Option<StagedPlan>,
 }
 
 impl<D: MoeDispatch + DispatchStats> Engine<D> {
@@ -86,7 +114,88 @@ impl<D: MoeDispatch + DispatchStats> Engine<D> {
             kv,
             dispatch,
             samplers: HashMap::new(),
+            plan: None,
+            staged: None,
         }
+    }
+
+    /// Records the plan the model was loaded with, which makes live re-placement possible.
+    pub fn with_plan(mut self, plan: PlacementPlan, rank: usize) -> Self {
+        self.plan = Some((plan, rank));
+        self
+    }
+
+    /// The plan this rank runs.
+    pub fn plan(&self) -> Option<&PlacementPlan> {
+        self.plan.as_ref().map(|(p, _)| p)
+    }
+
+    /// Keeps a prepared plan until [`Engine::commit_plan`] or [`Engine::abort_plan`]; a newer
+    /// one replaces an older one.
+    pub fn stage_plan(&mut self, staged: StagedPlan) {
+        self.staged = Some(staged);
+    }
+
+    /// Drops the staged plan if it is `version` (or any, for `None`); true if one was dropped.
+    pub fn abort_plan(&mut self, version: Option<u64>) -> bool {
+        let hit = self
+            .staged
+            .as_ref()
+            .is_some_and(|s| version.is_none_or(|v| v == s.version));
+        if hit {
+            self.staged = None;
+        }
+        hit
+    }
+
+    /// Switches to the staged plan `version`, on every rank or on none: the ranks first agree
+    /// over the communicator (each contributes the version it staged, 0 for none); only if all
+    /// staged `version` does each build its new expert set and swap it in. Must run between
+    /// two steps on all ranks.
+    pub fn commit_plan(&mut self, version: u64) -> Result<CommitOutcome> {
+        let t0 = Instant::now();
+        let staged = self.staged.take();
+        let Some((current, rank)) = self.plan.clone() else {
+            // Still take part in the agreement, so that the other ranks fail cleanly.
+            self.dispatch.agree(0)?;
+            return Err(ModelError::Input(
+                "this worker has no placement plan to switch from".into(),
+            ));
+        };
+        let hidden = self.model.shape().hidden_size;
+        let ready = staged.filter(|s| s.version == version).map(|s| {
+            replan::switched_experts(self.model.experts(), &s, rank, hidden).map(|e| (s, e))
+        });
+        let (mine, built) = match ready {
+            Some(Ok(b)) => (version, Some(b)),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "cannot build the staged expert set");
+                (0, None)
+            }
+            None => (0, None),
+        };
+        let all = self.dispatch.agree(mine)?;
+        let missing: Vec<usize> = all
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| **v != version)
+            .map(|(r, _)| r)
+            .collect();
+        let Some((staged, experts)) = built.filter(|_| missing.is_empty()) else {
+            return Err(ModelError::Input(format!(
+                "plan {version:016x} is not staged on rank(s) {missing:?}; the group keeps plan {:016x}",
+                current.fingerprint()
+            )));
+        };
+        self.dispatch.set_plan(&staged.plan)?;
+        self.model.replace_experts(experts);
+        let dropped = replan::drops(&current, &staged.plan, rank).len();
+        self.plan = Some((staged.plan, rank));
+        Ok(CommitOutcome {
+            plan_version: version,
+            experts_dropped: dropped,
+            seconds: t0.elapsed().as_secs_f64(),
+        })
     }
 
     pub fn model(&self) -> &Transformer {
@@ -189,6 +298,7 @@ impl<D: MoeDispatch + DispatchStats> Engine<D> {
             kv_usage: self.kv.usage(),
             kv_free_blocks: self.kv.free_blocks(),
             dispatch_stats: self.dispatch.stats_json(),
+            plan_fingerprint: self.plan().map(PlacementPlan::fingerprint),
         }
     }
 }
@@ -199,6 +309,10 @@ enum Command {
     Status(oneshot::Sender<EngineStatus>),
     Export(SeqId, bool, oneshot::Sender<Result<Transfer>>),
     Import(Box<Transfer>, oneshot::Sender<Result<()>>),
+    Plan(oneshot::Sender<Option<PlacementPlan>>),
+    Stage(Box<StagedPlan>, oneshot::Sender<()>),
+    Commit(u64, oneshot::Sender<Result<CommitOutcome>>),
+    Abort(Option<u64>, oneshot::Sender<bool>),
     Shutdown,
 }
 
@@ -236,6 +350,28 @@ impl EngineHandle {
                         }
                         Command::Import(t, reply) => {
                             let _ = reply.send(engine.import(*t));
+                        }
+                        Command::Plan(reply) => {
+                            let _ = reply.send(engine.plan().cloned());
+                        }
+                        Command::Stage(s, reply) => {
+                            engine.stage_plan(*s);
+                            let _ = reply.send(());
+                        }
+                        Command::Commit(version, reply) => {
+                            let r = engine.commit_plan(version);
+                            match &r {
+                                Ok(o) => tracing::info!(
+                                    version = format!("{version:016x}"),
+                                    dropped = o.experts_dropped,
+                                    "switched placement plan"
+                                ),
+                                Err(e) => tracing::warn!(error = %e, "placement switch refused"),
+                            }
+                            let _ = reply.send(r);
+                        }
+                        Command::Abort(version, reply) => {
+                            let _ = reply.send(engine.abort_plan(version));
                         }
                         Command::Shutdown => break,
                     }
@@ -289,6 +425,37 @@ impl EngineHandle {
             .send(Command::Import(Box::new(t), tx))
             .map_err(|_| Self::gone())?;
         rx.await.map_err(|_| Self::gone())?
+    }
+
+    /// The plan the engine runs (`None` if it was started without one).
+    pub async fn plan(&self) -> Result<Option<PlacementPlan>> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Plan(tx)).map_err(|_| Self::gone())?;
+        rx.await.map_err(|_| Self::gone())
+    }
+
+    pub async fn stage_plan(&self, staged: StagedPlan) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Stage(Box::new(staged), tx))
+            .map_err(|_| Self::gone())?;
+        rx.await.map_err(|_| Self::gone())
+    }
+
+    pub async fn commit_plan(&self, version: u64) -> Result<CommitOutcome> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Commit(version, tx))
+            .map_err(|_| Self::gone())?;
+        rx.await.map_err(|_| Self::gone())?
+    }
+
+    pub async fn abort_plan(&self, version: Option<u64>) -> Result<bool> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Abort(version, tx))
+            .map_err(|_| Self::gone())?;
+        rx.await.map_err(|_| Self::gone())
     }
 
     pub fn shutdown(&self) {

@@ -6,9 +6,12 @@
 //! group, blocking communication; the async service only forwards commands and awaits replies.
 
 mod engine;
+mod replan;
 mod service;
 
 pub use engine::{
-    ChunkInput, DispatchStats, Engine, EngineHandle, EngineStatus, SeqOutput, StepInput,
+    ChunkInput, CommitOutcome, DispatchStats, Engine, EngineHandle, EngineStatus, SeqOutput,
+    StepInput,
 };
+pub use replan::{check_plan, drops, gains, stage, ReplanContext, ReplanError, StagedPlan};
 pub use service::WorkerService;

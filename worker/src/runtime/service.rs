@@ -5,6 +5,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use super::engine::{ChunkInput, EngineHandle, StepInput, Transfer};
+use super::replan::{self, ReplanContext, ReplanError};
 use crate::error::ModelError;
 use crate::kv_cache::SeqKv;
 use crate::moe::SeqRouting;
@@ -19,6 +20,7 @@ pub struct WorkerService {
     model_fingerprint: String,
     plan_fingerprint: u64,
     shutdown: watch::Sender<bool>,
+    replan: Option<std::sync::Arc<ReplanContext>>,
 }
 
 impl WorkerService {
@@ -38,9 +40,24 @@ impl WorkerService {
                 model_fingerprint,
                 plan_fingerprint,
                 shutdown,
+                replan: None,
             },
             rx,
         )
+    }
+
+    /// Enables live re-placement (`PreparePlan` / `CommitPlan`): the engine must have been
+    /// given its plan ([`super::Engine::with_plan`]).
+    pub fn with_replanning(mut self, ctx: ReplanContext) -> Self {
+        self.replan = Some(std::sync::Arc::new(ctx));
+        self
+    }
+}
+
+fn replan_status(e: ReplanError) -> Status {
+    match e {
+        ReplanError::Unsupported => Status::unimplemented(e.to_string()),
+        _ => Status::invalid_argument(e.to_string()),
     }
 }
 
@@ -171,7 +188,7 @@ impl pb::worker_server::Worker for WorkerService {
             kv_free_blocks: s.kv_free_blocks as u32,
             ep_stats_json: s.dispatch_stats.unwrap_or_default(),
             model_fingerprint: self.model_fingerprint.clone(),
-            plan_fingerprint: self.plan_fingerprint,
+            plan_fingerprint: s.plan_fingerprint.unwrap_or(self.plan_fingerprint),
         }))
     }
 
@@ -221,6 +238,89 @@ impl pb::worker_server::Worker for WorkerService {
         };
         self.engine.import(transfer).await.map_err(status_of)?;
         Ok(Response::new(pb::ImportKvResponse {}))
+    }
+
+    async fn prepare_plan(
+        &self,
+        request: Request<pb::PreparePlanRequest>,
+    ) -> Result<Response<pb::PreparePlanResponse>, Status> {
+        let ctx = self
+            .replan
+            .clone()
+            .ok_or_else(|| replan_status(ReplanError::Unsupported))?;
+        let plan =
+            replan::check_plan(&request.into_inner().plan_json, &ctx).map_err(replan_status)?;
+        let current = self
+            .engine
+            .plan()
+            .await
+            .map_err(status_of)?
+            .ok_or_else(|| replan_status(ReplanError::Unsupported))?;
+        let dropped = replan::drops(&current, &plan, ctx.rank).len();
+        let staged = tokio::task::spawn_blocking(move || replan::stage(plan, &current, &ctx))
+            .await
+            .map_err(|e| Status::internal(format!("expert loading stopped: {e}")))?
+            .map_err(status_of)?;
+        let resp = pb::PreparePlanResponse {
+            plan_version: staged.version,
+            experts_loaded: staged.gained.len() as u32,
+            bytes_loaded: staged.bytes_loaded,
+            experts_dropped: dropped as u32,
+            load_seconds: staged.load_seconds,
+        };
+        tracing::info!(
+            version = format!("{:016x}", staged.version),
+            experts = staged.gained.len(),
+            bytes = staged.bytes_loaded,
+            "staged placement plan"
+        );
+        self.engine.stage_plan(staged).await.map_err(status_of)?;
+        Ok(Response::new(resp))
+    }
+
+    async fn commit_plan(
+        &self,
+        request: Request<pb::CommitPlanRequest>,
+    ) -> Result<Response<pb::CommitPlanResponse>, Status> {
+        let version = request.into_inner().plan_version;
+        match self.engine.commit_plan(version).await {
+            Ok(o) => Ok(Response::new(pb::CommitPlanResponse {
+                plan_version: o.plan_version,
+                experts_dropped: o.experts_dropped as u32,
+                commit_seconds: o.seconds,
+            })),
+            // The ranks did not all stage the plan: nobody switched.
+            Err(ModelError::Input(m)) => Err(Status::failed_precondition(m)),
+            Err(e) => Err(status_of(e)),
+        }
+    }
+
+    async fn abort_plan(
+        &self,
+        request: Request<pb::AbortPlanRequest>,
+    ) -> Result<Response<pb::AbortPlanResponse>, Status> {
+        let v = request.into_inner().plan_version;
+        self.engine
+            .abort_plan((v != 0).then_some(v))
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::AbortPlanResponse {}))
+    }
+
+    async fn get_plan(
+        &self,
+        _request: Request<pb::GetPlanRequest>,
+    ) -> Result<Response<pb::GetPlanResponse>, Status> {
+        let plan = self
+            .engine
+            .plan()
+            .await
+            .map_err(status_of)?
+            .ok_or_else(|| Status::not_found("this worker was started without a placement plan"))?;
+        Ok(Response::new(pb::GetPlanResponse {
+            plan_version: plan.fingerprint(),
+            plan_json: plan.to_json_pretty(),
+        }))
     }
 
     async fn shutdown(
