@@ -136,3 +136,45 @@ fn the_mixtral_example_file_shrinks_at_least_tenfold() {
     assert_eq!(again.request, doc.request);
     assert_eq!(out.dropped_tokens, 0);
 }
+
+/// Paper JSON and binary sizes of `n` requests of 200 prompt + 100 decode tokens.
+fn routed_sizes(
+    shape: &moeflow_trace::ModelShape,
+    routing: &common::Routing,
+    n: usize,
+) -> (usize, usize) {
+    let mut rng = common::Rng::new(11);
+    let mut json = 0;
+    let mut w = BinaryWriter::new(Vec::new(), shape).unwrap();
+    for i in 0..n {
+        let r = routing.request(&mut rng, &format!("q{i}"), 200, 100, false);
+        let mut out = Vec::new();
+        render(&r, shape, &mut out).unwrap();
+        json += out.len();
+        w.append(&r).unwrap();
+    }
+    (json, w.finish().unwrap().len())
+}
+
+#[test]
+fn tmp_measure() {
+    for (name, z, lc, tc) in [
+        ("uniform", 0.0, 0.0, 0.0),
+        ("zipf0.5", 0.5, 0.0, 0.0),
+        ("zipf1", 1.0, 0.0, 0.0),
+        ("zipf0.5 c0.3", 0.5, 0.3, 0.3),
+        ("zipf1 c0.4", 1.0, 0.4, 0.4),
+        ("zipf1 c0.5", 1.0, 0.5, 0.5),
+    ] {
+        for (e, k) in [(8, 2), (256, 8), (384, 8)] {
+            let shape = common::shape(17, 1, e, k);
+            let routing = common::Routing::new(&shape, z, lc, tc, 5);
+            let (json, bin) = routed_sizes(&shape, &routing, 4);
+            println!(
+                "{name:14} {e:3}e top-{k}: json {json} bin {bin} ratio {:.2}x bits/id {:.2}",
+                json as f64 / bin as f64,
+                bin as f64 * 8.0 / (4.0 * 300.0 * 16.0 * k as f64)
+            );
+        }
+    }
+}

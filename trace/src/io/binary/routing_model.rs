@@ -1,0 +1,319 @@
+//! Version 2's coding of expert ids and gate weights: an adaptive context model driving the
+//! range coder, reset at every block (request) so that blocks stay self-contained.
+//!
+//! Each id is coded in gate order, slot by slot, as either
+//! - a *hit*: its index in a short candidate list built for the token from (a) the experts
+//!   the previous token chose at the same layer (token-to-token re-selection) and (b) the
+//!   experts that most often followed, at this layer, the experts this token chose at the
+//!   previous entry (layer-to-layer correlation, learnt within the block from pair counts);
+//! - or a *miss*: the id through a per-layer adaptive binary tree (order-0 popularity, which
+//!   captures the per-layer skew).
+//!
+//! The hit flag is conditioned on the phase, the slot and the hits so far; the index on the
+//! phase and the slot. Missing ids (entries flagged with them) cost one adaptive bit per id.
+//! Gate weights are coded as their f16 bits, high and low byte through per-slot trees.
+
+use super::super::FormatError;
+use super::range_coder::{Bit, Decoder, Encoder};
+use super::structure::{Entry, FLAG_MISSING, FLAG_WEIGHTS};
+use crate::model::{ModelShape, Phase, MISSING_EXPERT};
+
+const NONE: u16 = u16::MAX;
+/// Slots beyond this share the last slot's contexts.
+const SLOT_CTX: usize = 8;
+const HIT_CTX: usize = 4;
+const INDEX_BITS: u32 = 5;
+const MAX_CANDIDATES: usize = 1 << INDEX_BITS;
+/// Learnt successors offered per expert of the previous entry.
+const SUCCESSORS: usize = 2;
+/// Largest pair-count table (bytes) a block may use; larger models code without the
+/// layer-to-layer candidates.
+const MAX_PAIR_TABLE: usize = 1 << 24;
+/// Largest total of per-layer id trees; larger models share one tree across layers.
+const MAX_TREE_TABLE: usize = 1 << 20;
+
+/// The coder seen from the model: the encoder writes `b` and returns it, the decoder ignores
+/// `b` and returns what it reads. One generic model loop serves both, so they cannot drift.
+pub(super) trait BitIo {
+    fn bit(&mut self, p: &mut Bit, b: bool) -> bool;
+    fn tree(&mut self, t: &mut [Bit], bits: u32, v: u32) -> u32;
+}
+
+impl BitIo for Encoder {
+    #[inline]
+    fn bit(&mut self, p: &mut Bit, b: bool) -> bool {
+        Encoder::bit(self, p, b);
+        b
+    }
+    #[inline]
+    fn tree(&mut self, t: &mut [Bit], bits: u32, v: u32) -> u32 {
+        Encoder::tree(self, t, bits, v);
+        v
+    }
+}
+
+impl BitIo for Decoder<'_> {
+    #[inline]
+    fn bit(&mut self, p: &mut Bit, _b: bool) -> bool {
+        Decoder::bit(self, p)
+    }
+    #[inline]
+    fn tree(&mut self, t: &mut [Bit], bits: u32, _v: u32) -> u32 {
+        Decoder::tree(self, t, bits)
+    }
+}
+
+/// Within-block counts of (expert at the previous entry, expert at this entry) per layer,
+/// with the two most frequent successors of each expert kept current.
+struct Successors {
+    e: usize,
+    counts: Vec<u8>,
+    best: Vec<[u16; SUCCESSORS]>,
+}
+
+impl Successors {
+    fn new(n_ctx: usize, e: usize) -> Option<Self> {
+        let size = n_ctx.checked_mul(e)?.checked_mul(e)?;
+        (size <= MAX_PAIR_TABLE).then(|| Self {
+            e,
+            counts: vec![0; size],
+            best: vec![[NONE; SUCCESSORS]; n_ctx * e],
+        })
+    }
+
+    #[inline]
+    fn update(&mut self, ctx: usize, prev: &[u16], cur: &[u16]) {
+        let e = self.e;
+        for &p in prev {
+            if p as usize >= e {
+                continue;
+            }
+            let row = (ctx * e + p as usize) * e;
+            let best = &mut self.best[ctx * e + p as usize];
+            for &x in cur {
+                if x as usize >= e {
+                    continue;
+                }
+                let c = &mut self.counts[row + x as usize];
+                *c = c.saturating_add(1);
+                let c = *c;
+                let count = |y: u16| {
+                    if y == NONE {
+                        0
+                    } else {
+                        self.counts[row + y as usize]
+                    }
+                };
+                if best[0] == x {
+                    continue;
+                }
+                if best[1] != x && c > count(best[1]) {
+                    best[1] = x;
+                }
+                if best[1] == x && c > count(best[0]) {
+                    best.swap(0, 1);
+                }
+            }
+        }
+    }
+}
+
+/// The adaptive state of one block.
+pub(super) struct RoutingModel {
+    num_experts: usize,
+    id_bits: u32,
+    layer_ctx: Vec<usize>,
+    per_layer_trees: bool,
+    id_trees: Vec<Bit>,
+    hit: Vec<Bit>,
+    index: Vec<Bit>,
+    missing: Bit,
+    w_hi: Vec<Bit>,
+    w_lo: Vec<Bit>,
+    succ: Option<Successors>,
+    /// Per layer context: the last token's selection.
+    last: Vec<Vec<u16>>,
+    stamp: Vec<u32>,
+    generation: u32,
+    cand: Vec<u16>,
+}
+
+fn corrupt(what: &str) -> FormatError {
+    FormatError::Layout(format!(
+        "request block: {what} out of range (corrupt block)"
+    ))
+}
+
+impl RoutingModel {
+    pub fn new(shape: &ModelShape) -> Self {
+        let e = shape.num_experts.max(1);
+        let id_bits = usize::BITS - (e - 1).leading_zeros();
+        let n_ctx = shape.moe_layers.len().max(1);
+        let mut layer_ctx = vec![0; shape.num_layers];
+        for (i, &l) in shape.moe_layers.iter().enumerate() {
+            if let Some(c) = layer_ctx.get_mut(l) {
+                *c = i;
+            }
+        }
+        let per_layer_trees = (n_ctx << id_bits) <= MAX_TREE_TABLE;
+        let trees = if per_layer_trees { n_ctx } else { 1 };
+        Self {
+            num_experts: e,
+            id_bits,
+            layer_ctx,
+            per_layer_trees,
+            id_trees: vec![Bit::default(); trees << id_bits],
+            hit: vec![Bit::default(); 2 * SLOT_CTX * HIT_CTX],
+            index: vec![Bit::default(); 2 * SLOT_CTX * MAX_CANDIDATES],
+            missing: Bit::default(),
+            w_hi: vec![Bit::default(); SLOT_CTX * 256],
+            w_lo: vec![Bit::default(); SLOT_CTX * 256],
+            succ: Successors::new(n_ctx, e),
+            last: vec![Vec::new(); n_ctx],
+            stamp: vec![0; e],
+            generation: 0,
+            cand: Vec::with_capacity(MAX_CANDIDATES),
+        }
+    }
+
+    #[inline]
+    fn push_candidate(&mut self, x: u16) {
+        let i = x as usize;
+        if i < self.num_experts
+            && self.stamp[i] != self.generation
+            && self.cand.len() < MAX_CANDIDATES
+        {
+            self.stamp[i] = self.generation;
+            self.cand.push(x);
+        }
+    }
+
+    fn candidates(&mut self, ctx: usize, prev: Option<&[u16]>) {
+        self.cand.clear();
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            self.stamp.fill(0);
+            self.generation = 1;
+        }
+        for i in 0..self.last[ctx].len() {
+            let x = self.last[ctx][i];
+            self.push_candidate(x);
+        }
+        if let Some(prev) = prev {
+            for j in 0..SUCCESSORS {
+                for &p in prev {
+                    let s = match &self.succ {
+                        Some(s) if (p as usize) < s.e => s.best[ctx * s.e + p as usize][j],
+                        _ => NONE,
+                    };
+                    self.push_candidate(s);
+                }
+            }
+        }
+    }
+
+    fn code_token<C: BitIo>(
+        &mut self,
+        c: &mut C,
+        decode: usize,
+        ctx: usize,
+        flags: u8,
+        cur: &mut [u16],
+    ) -> Result<(), FormatError> {
+        let mut hits = 0usize;
+        for s in 0..cur.len() {
+            let sc = decode * SLOT_CTX + s.min(SLOT_CTX - 1);
+            if flags & FLAG_MISSING != 0 && c.bit(&mut self.missing, cur[s] == MISSING_EXPERT) {
+                cur[s] = MISSING_EXPERT;
+                continue;
+            }
+            if !self.cand.is_empty() {
+                let pos = self.cand.iter().position(|&x| x == cur[s]);
+                let h = &mut self.hit[sc * HIT_CTX + hits.min(HIT_CTX - 1)];
+                if c.bit(h, pos.is_some()) {
+                    let tree = &mut self.index[sc * MAX_CANDIDATES..(sc + 1) * MAX_CANDIDATES];
+                    let i = c.tree(tree, INDEX_BITS, pos.unwrap_or(0) as u32) as usize;
+                    cur[s] = *self.cand.get(i).ok_or_else(|| corrupt("candidate index"))?;
+                    hits += 1;
+                    continue;
+                }
+            }
+            let n = 1usize << self.id_bits;
+            let base = if self.per_layer_trees { ctx * n } else { 0 };
+            let tree = &mut self.id_trees[base..base + n];
+            let v = c.tree(tree, self.id_bits, u32::from(cur[s]));
+            if v as usize >= self.num_experts {
+                return Err(corrupt("expert id"));
+            }
+            cur[s] = v as u16;
+        }
+        Ok(())
+    }
+
+    fn code_weights<C: BitIo>(&mut self, c: &mut C, w: &mut [u16]) {
+        for (s, x) in w.iter_mut().enumerate() {
+            let sc = s.min(SLOT_CTX - 1) * 256;
+            let hi = c.tree(&mut self.w_hi[sc..sc + 256], 8, u32::from(*x >> 8));
+            let lo = c.tree(&mut self.w_lo[sc..sc + 256], 8, u32::from(*x & 0xff));
+            *x = ((hi << 8) | lo) as u16;
+        }
+    }
+
+    /// Codes (encodes or decodes, by `C`) all ids of a request in entry order, and the f16
+    /// bits of the gate weights of the entries flagged with them. On decode, `experts` and
+    /// `weights` are overwritten; their sizes come from the skeleton.
+    pub fn code_request<C: BitIo>(
+        &mut self,
+        c: &mut C,
+        iterations: &[(Phase, usize)],
+        entries: &[Entry],
+        experts: &mut [u16],
+        weights: &mut [u16],
+    ) -> Result<(), FormatError> {
+        let (mut at, mut wat, mut ei) = (0usize, 0usize, 0usize);
+        for &(phase, n) in iterations {
+            let decode = usize::from(phase == Phase::Decode);
+            // The previous entry of this iteration: (first id, ids, top-k).
+            let mut prev: Option<(usize, usize, usize)> = None;
+            let group = entries
+                .get(ei..ei + n)
+                .ok_or_else(|| corrupt("entry count"))?;
+            for entry in group {
+                let ctx = self
+                    .layer_ctx
+                    .get(entry.layer as usize)
+                    .copied()
+                    .unwrap_or(0);
+                let k = entry.top_k as usize;
+                let tokens = entry.ids.checked_div(k).unwrap_or(0);
+                let aligned = prev.filter(|&(_, ids, pk)| pk > 0 && ids / pk == tokens);
+                let with_w = entry.flags & FLAG_WEIGHTS != 0;
+                for t in 0..tokens {
+                    let s0 = at + t * k;
+                    let (before, rest) = experts.split_at_mut(s0);
+                    let cur = &mut rest[..k];
+                    let prev_sel =
+                        aligned.map(|(p0, _, pk)| &before[p0 + t * pk..p0 + (t + 1) * pk]);
+                    self.candidates(ctx, prev_sel);
+                    self.code_token(c, decode, ctx, entry.flags, cur)?;
+                    if with_w {
+                        self.code_weights(c, &mut weights[wat + t * k..wat + (t + 1) * k]);
+                    }
+                    let last = &mut self.last[ctx];
+                    last.clear();
+                    last.extend_from_slice(cur);
+                    if let (Some(p), Some(s)) = (prev_sel, &mut self.succ) {
+                        s.update(ctx, p, cur);
+                    }
+                }
+                prev = Some((at, entry.ids, k));
+                at += entry.ids;
+                if with_w {
+                    wat += entry.ids;
+                }
+            }
+            ei += n;
+        }
+        Ok(())
+    }
+}
