@@ -1,4 +1,5 @@
-//! Reads a binary trace written by the version-1 writer (commit 82e47a1).
+//! Reads `tests/data/v1.moeflow`, written from `requests()` by the version-1 writer (commit
+//! 82e47a1), so that every later version proves it still reads version-1 traces.
 
 use moeflow_trace::{
     BinaryReader, Iteration, LayerRouting, ModelShape, Phase, RequestTrace, MISSING_EXPERT,
@@ -74,17 +75,6 @@ fn requests() -> Vec<RequestTrace> {
 }
 
 #[test]
-#[ignore]
-fn write_fixture() {
-    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/v1.moeflow");
-    let mut w = moeflow_trace::BinaryWriter::create(std::path::Path::new(p), &shape()).unwrap();
-    for r in requests() {
-        w.append(&r).unwrap();
-    }
-    w.finish().unwrap();
-}
-
-#[test]
 fn version_1_files_still_read() {
     let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/v1.moeflow");
     let mut r = BinaryReader::open(std::path::Path::new(p)).unwrap();
@@ -92,4 +82,14 @@ fn version_1_files_still_read() {
     let got: Vec<_> = r.by_ref().collect::<Result<_, _>>().unwrap();
     assert!(r.complete());
     assert_eq!(got, requests());
+    assert_eq!(r.version(), 1);
+}
+
+#[test]
+fn an_unknown_version_is_refused_naming_it() {
+    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/v1.moeflow");
+    let mut bytes = std::fs::read(p).unwrap();
+    bytes[8] = 9;
+    let err = BinaryReader::new(&bytes[..]).err().unwrap().to_string();
+    assert!(err.contains("version 9"), "{err}");
 }

@@ -716,6 +716,7 @@ impl<R: Read> Iterator for BinaryReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Iteration, LayerRouting};
     use proptest::prelude::*;
 
     fn shape(num_experts: usize) -> ModelShape {
@@ -817,7 +818,81 @@ mod tests {
         assert!(matches!(got[0], Err(FormatError::Checksum(_))));
     }
 
+    /// Requests of any shape the model accepts: prefill and decode, ids drawn from a few hot
+    /// experts or anywhere (so candidates hit and miss), missing ids, weights or none.
+    fn arb_request(e: usize, k: usize) -> impl Strategy<Value = RequestTrace> {
+        let id = prop_oneof![0..e as u16, 0..4u16.min(e as u16), Just(MISSING_EXPERT)];
+        // Any f16 but NaN, which never equals itself.
+        let weight = any::<u16>().prop_map(|b| {
+            let w = f16::from_bits(b);
+            if w.is_nan() {
+                0.0
+            } else {
+                w.to_f32()
+            }
+        });
+        let entry = move |tokens: std::ops::Range<usize>| {
+            (
+                proptest::collection::vec(id.clone(), tokens.start * k..tokens.end * k),
+                any::<bool>(),
+                proptest::collection::vec(weight.clone(), 0..64 * k),
+            )
+                .prop_map(move |(mut ex, with_w, w)| {
+                    ex.truncate(ex.len() / k * k);
+                    let weights = (with_w && w.len() >= ex.len()).then(|| w[..ex.len()].to_vec());
+                    (ex, weights)
+                })
+        };
+        let layers = move |tokens: std::ops::Range<usize>| {
+            proptest::collection::vec(entry(tokens), 2).prop_map(move |v| {
+                v.into_iter()
+                    .enumerate()
+                    .map(|(i, (experts, weights))| LayerRouting {
+                        layer: i as u32 + 1,
+                        top_k: k as u16,
+                        experts,
+                        weights,
+                    })
+                    .collect::<Vec<_>>()
+            })
+        };
+        (layers(0..40), proptest::collection::vec(layers(1..2), 0..6)).prop_map(
+            |(prefill, decode)| RequestTrace {
+                id: "p".into(),
+                workload: None,
+                prompt_len: prefill[0].num_tokens(),
+                started_ms: None,
+                finished_ms: None,
+                iterations: std::iter::once(Iteration {
+                    phase: Phase::Prefill,
+                    layers: prefill,
+                })
+                .chain(decode.into_iter().map(|layers| Iteration {
+                    phase: Phase::Decode,
+                    layers,
+                }))
+                .collect(),
+            },
+        )
+    }
+
     proptest! {
+        #[test]
+        fn any_request_round_trips_exactly(
+            (e, r) in prop_oneof![Just(3usize), Just(8), Just(256), Just(384), Just(5000)]
+                .prop_flat_map(|e| (Just(e), arb_request(e, if e < 8 { 2 } else { 8 })))
+        ) {
+            let mut s = shape(e);
+            s.top_k = if e < 8 { 2 } else { 8 };
+            let mut w = BinaryWriter::new(Vec::new(), &s).unwrap();
+            // Decode iterations hold one token per layer: skip requests the model refuses.
+            if w.append(&r).is_ok() {
+                let bytes = w.finish().unwrap();
+                let got = BinaryReader::new(&bytes[..]).unwrap().next().unwrap().unwrap();
+                prop_assert_eq!(got, r);
+            }
+        }
+
         #[test]
         fn decode_never_panics(b in proptest::collection::vec(any::<u8>(), 0..400)) {
             let _ = decode_request(&b, &shape(300));

@@ -7,8 +7,10 @@
 const PROB_BITS: u32 = 12;
 const PROB_ONE: u16 = 1 << PROB_BITS;
 const TOP: u32 = 1 << 24;
-/// Adaptation shift by the number of observations so far: 1/4 at first, 1/32 from the 16th.
-const RATE: [u8; 16] = [2, 2, 2, 3, 3, 3, 3, 3, 4, 4, 4, 4, 4, 4, 4, 5];
+/// Adaptation shift by the number of observations so far: 1/8 at first, 1/32 from the 17th.
+const RATE: [u8; 24] = [
+    3, 3, 3, 3, 3, 3, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5,
+];
 
 /// The adaptive probability that the next bit in one context is 0.
 #[derive(Debug, Clone, Copy)]

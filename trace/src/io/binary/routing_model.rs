@@ -68,6 +68,8 @@ impl BitIo for Decoder<'_> {
 struct Successors {
     e: usize,
     counts: Vec<u8>,
+    /// Per layer context and expert: how often it was chosen after an aligned entry.
+    pop: Vec<u32>,
     best: Vec<[u16; SUCCESSORS]>,
 }
 
@@ -77,6 +79,7 @@ impl Successors {
         (size <= MAX_PAIR_TABLE).then(|| Self {
             e,
             counts: vec![0; size],
+            pop: vec![0; n_ctx * e],
             best: vec![[NONE; SUCCESSORS]; n_ctx * e],
         })
     }
@@ -84,6 +87,12 @@ impl Successors {
     #[inline]
     fn update(&mut self, ctx: usize, prev: &[u16], cur: &[u16]) {
         let e = self.e;
+        for &x in cur {
+            if (x as usize) < e {
+                self.pop[ctx * e + x as usize] += 1;
+            }
+        }
+        let pop = &self.pop[ctx * e..(ctx + 1) * e];
         for &p in prev {
             if p as usize >= e {
                 continue;
@@ -96,27 +105,32 @@ impl Successors {
                 }
                 let c = &mut self.counts[row + x as usize];
                 *c = c.saturating_add(1);
-                let c = *c;
-                let count = |y: u16| {
+                // Rank by lift (how much more often than its popularity), so that the
+                // candidates add what the per-layer popularity does not already know.
+                let score = |y: u16| {
                     if y == NONE {
-                        0
+                        0.0
                     } else {
-                        self.counts[row + y as usize]
+                        let c = f32::from(self.counts[row + y as usize]);
+                        c * c / (pop[y as usize] as f32 + LIFT_PRIOR)
                     }
                 };
+                let sx = score(x);
                 if best[0] == x {
                     continue;
                 }
-                if best[1] != x && c > count(best[1]) {
+                if best[1] != x && sx > score(best[1]) {
                     best[1] = x;
                 }
-                if best[1] == x && c > count(best[0]) {
+                if best[1] == x && sx > score(best[0]) {
                     best.swap(0, 1);
                 }
             }
         }
     }
 }
+
+const LIFT_PRIOR: f32 = 8.0;
 
 /// The adaptive state of one block.
 pub(super) struct RoutingModel {
@@ -234,6 +248,8 @@ impl RoutingModel {
                     let tree = &mut self.index[sc * MAX_CANDIDATES..(sc + 1) * MAX_CANDIDATES];
                     let i = c.tree(tree, INDEX_BITS, pos.unwrap_or(0) as u32) as usize;
                     cur[s] = *self.cand.get(i).ok_or_else(|| corrupt("candidate index"))?;
+                    // A token selects an expert once: later slots index the rest.
+                    self.cand.remove(i);
                     hits += 1;
                     continue;
                 }
