@@ -205,7 +205,7 @@ impl Routing {
             experts: Vec::new(),
             weights: weights.then(Vec::new),
         };
-        let mut gate = |rng: &mut Rng, w: &mut Option<Vec<f32>>| {
+        let gate = |rng: &mut Rng, w: &mut Option<Vec<f32>>| {
             if let Some(w) = w {
                 let mut logits: Vec<f64> = (0..k).map(|_| 3.0 * rng.unit()).collect();
                 logits.sort_by(|a, b| b.total_cmp(a));

@@ -32,11 +32,11 @@ impl Bit {
     #[inline]
     fn update(&mut self, bit: bool) {
         let shift = RATE[self.seen as usize];
-        if bit {
-            self.p0 -= self.p0 >> shift;
-        } else {
-            self.p0 += (PROB_ONE - self.p0) >> shift;
-        }
+        // Both arms computed, one selected: the decoder's bits are unpredictable, so a
+        // branch here would mispredict about as often as not.
+        let down = self.p0 - (self.p0 >> shift);
+        let up = self.p0 + ((PROB_ONE - self.p0) >> shift);
+        self.p0 = if bit { down } else { up };
         // Shifts of at least 2 keep p0 within 1..PROB_ONE-1, so no symbol ever gets zero
         // range.
         if (self.seen as usize) < RATE.len() - 1 {
@@ -151,14 +151,10 @@ impl<'a> Decoder<'a> {
     #[inline]
     pub fn bit(&mut self, p: &mut Bit) -> bool {
         let bound = (self.range >> PROB_BITS) * u32::from(p.p0);
-        let bit = if self.code < bound {
-            self.range = bound;
-            false
-        } else {
-            self.code -= bound;
-            self.range -= bound;
-            true
-        };
+        let bit = self.code >= bound;
+        let mask = u32::from(bit).wrapping_neg();
+        self.code -= bound & mask;
+        self.range = (bound & !mask) | (self.range.wrapping_sub(bound) & mask);
         p.update(bit);
         while self.range < TOP {
             self.range <<= 8;

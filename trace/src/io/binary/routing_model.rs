@@ -64,13 +64,15 @@ impl BitIo for Decoder<'_> {
 }
 
 /// Within-block counts of (expert at the previous entry, expert at this entry) per layer,
-/// with the two most frequent successors of each expert kept current.
+/// with the two successors of each expert of highest lift kept current.
 struct Successors {
     e: usize,
     counts: Vec<u8>,
     /// Per layer context and expert: how often it was chosen after an aligned entry.
     pop: Vec<u32>,
-    best: Vec<[u16; SUCCESSORS]>,
+    /// Per layer context and previous expert: the best successors and their pair counts
+    /// (kept exact: counts change only here), so that ranking reads no other row entry.
+    best: Vec<[(u16, u8); SUCCESSORS]>,
 }
 
 impl Successors {
@@ -80,7 +82,7 @@ impl Successors {
             e,
             counts: vec![0; size],
             pop: vec![0; n_ctx * e],
-            best: vec![[NONE; SUCCESSORS]; n_ctx * e],
+            best: vec![[(NONE, 0); SUCCESSORS]; n_ctx * e],
         })
     }
 
@@ -92,37 +94,51 @@ impl Successors {
                 self.pop[ctx * e + x as usize] += 1;
             }
         }
+        // Increments first, rankings after: independent increments overlap their cache
+        // misses, where interleaved ranking would wait for each.
+        for &p in prev {
+            if (p as usize) < e {
+                let row = &mut self.counts[(ctx * e + p as usize) * e..][..e];
+                for &x in cur {
+                    if let Some(c) = row.get_mut(x as usize) {
+                        *c = c.saturating_add(1);
+                    }
+                }
+            }
+        }
         let pop = &self.pop[ctx * e..(ctx + 1) * e];
         for &p in prev {
             if p as usize >= e {
                 continue;
             }
-            let row = (ctx * e + p as usize) * e;
+            let row = &self.counts[(ctx * e + p as usize) * e..][..e];
             let best = &mut self.best[ctx * e + p as usize];
             for &x in cur {
-                if x as usize >= e {
+                let Some(&cx8) = row.get(x as usize) else {
                     continue;
-                }
-                let c = &mut self.counts[row + x as usize];
-                *c = c.saturating_add(1);
-                // Rank by lift (how much more often than its popularity), so that the
-                // candidates add what the per-layer popularity does not already know.
-                let score = |y: u16| {
-                    if y == NONE {
-                        0.0
-                    } else {
-                        let c = f32::from(self.counts[row + y as usize]);
-                        c * c / (pop[y as usize] as f32 + LIFT_PRIOR)
+                };
+                // Rank by lift (count squared over popularity), so that the candidates add
+                // what the per-layer popularity does not already know. Compared by cross
+                // multiplication: this runs top_k^2 times per token.
+                let cx = u64::from(cx8);
+                let px = u64::from(pop[x as usize]) + LIFT_PRIOR;
+                let beats = |(y, cy): (u16, u8)| {
+                    y == NONE || {
+                        let cy = u64::from(cy);
+                        let py = u64::from(pop[y as usize]) + LIFT_PRIOR;
+                        cx * cx * py > cy * cy * px
                     }
                 };
-                let sx = score(x);
-                if best[0] == x {
+                if best[0].0 == x {
+                    best[0].1 = cx8;
                     continue;
                 }
-                if best[1] != x && sx > score(best[1]) {
-                    best[1] = x;
+                if best[1].0 == x {
+                    best[1].1 = cx8;
+                } else if beats(best[1]) {
+                    best[1] = (x, cx8);
                 }
-                if best[1] == x && sx > score(best[0]) {
+                if best[1].0 == x && beats(best[0]) {
                     best.swap(0, 1);
                 }
             }
@@ -130,7 +146,7 @@ impl Successors {
     }
 }
 
-const LIFT_PRIOR: f32 = 8.0;
+const LIFT_PRIOR: u64 = 8;
 
 /// The adaptive state of one block.
 pub(super) struct RoutingModel {
@@ -217,7 +233,7 @@ impl RoutingModel {
             for j in 0..SUCCESSORS {
                 for &p in prev {
                     let s = match &self.succ {
-                        Some(s) if (p as usize) < s.e => s.best[ctx * s.e + p as usize][j],
+                        Some(s) if (p as usize) < s.e => s.best[ctx * s.e + p as usize][j].0,
                         _ => NONE,
                     };
                     self.push_candidate(s);
@@ -235,19 +251,19 @@ impl RoutingModel {
         cur: &mut [u16],
     ) -> Result<(), FormatError> {
         let mut hits = 0usize;
-        for s in 0..cur.len() {
+        for (s, slot) in cur.iter_mut().enumerate() {
             let sc = decode * SLOT_CTX + s.min(SLOT_CTX - 1);
-            if flags & FLAG_MISSING != 0 && c.bit(&mut self.missing, cur[s] == MISSING_EXPERT) {
-                cur[s] = MISSING_EXPERT;
+            if flags & FLAG_MISSING != 0 && c.bit(&mut self.missing, *slot == MISSING_EXPERT) {
+                *slot = MISSING_EXPERT;
                 continue;
             }
             if !self.cand.is_empty() {
-                let pos = self.cand.iter().position(|&x| x == cur[s]);
+                let pos = self.cand.iter().position(|&x| x == *slot);
                 let h = &mut self.hit[sc * HIT_CTX + hits.min(HIT_CTX - 1)];
                 if c.bit(h, pos.is_some()) {
                     let tree = &mut self.index[sc * MAX_CANDIDATES..(sc + 1) * MAX_CANDIDATES];
                     let i = c.tree(tree, INDEX_BITS, pos.unwrap_or(0) as u32) as usize;
-                    cur[s] = *self.cand.get(i).ok_or_else(|| corrupt("candidate index"))?;
+                    *slot = *self.cand.get(i).ok_or_else(|| corrupt("candidate index"))?;
                     // A token selects an expert once: later slots index the rest.
                     self.cand.remove(i);
                     hits += 1;
@@ -257,11 +273,11 @@ impl RoutingModel {
             let n = 1usize << self.id_bits;
             let base = if self.per_layer_trees { ctx * n } else { 0 };
             let tree = &mut self.id_trees[base..base + n];
-            let v = c.tree(tree, self.id_bits, u32::from(cur[s]));
+            let v = c.tree(tree, self.id_bits, u32::from(*slot));
             if v as usize >= self.num_experts {
                 return Err(corrupt("expert id"));
             }
-            cur[s] = v as u16;
+            *slot = v as u16;
         }
         Ok(())
     }
