@@ -96,6 +96,10 @@ fn decode_shape(b: &[u8]) -> Result<ModelShape, FormatError> {
     if n_moe > num_layers {
         return Err(bad("MoE layer count (more than num_layers)"));
     }
+    // Each id takes at least one byte: refuse a count the body cannot hold before allocating.
+    if n_moe > b.len() {
+        return Err(bad("MoE layer count (more ids than the header holds)"));
+    }
     let mut moe_layers = Vec::with_capacity(n_moe);
     for _ in 0..n_moe {
         let l = num("MoE layer id")?;
@@ -140,11 +144,13 @@ pub fn sniff(prefix: &[u8]) -> bool {
 const STRUCTURE_STORED: u8 = 0;
 const STRUCTURE_DEFLATE: u8 = 1;
 
-/// Most expert ids a version-2 block of `payload_len` bytes may hold. The range coder can
-/// spend well under a bit on a predictable id, so the bound is generous; it exists so that a
-/// corrupt count is refused before anything is allocated for it.
+/// Most expert ids a version-2 block of `payload_len` bytes may hold, so that a corrupt count
+/// is refused before anything is allocated for it (decoding allocates 2 bytes per id). The
+/// probability clamp of the coder makes every binary decision cost at least 0.022 bits, so
+/// a byte carries at most about 360 decisions and every id but a layer's first costs at
+/// least one: real blocks stay far below 512 ids per byte.
 fn max_ids(payload_len: usize) -> usize {
-    (1usize << 20).saturating_add(payload_len.saturating_mul(8192))
+    (1usize << 16).saturating_add(payload_len.saturating_mul(512))
 }
 
 /// Encodes one request as a version-2 payload: the skeleton columns (deflated at `level`,
@@ -804,6 +810,19 @@ mod tests {
         assert_eq!(got.len(), 2);
         assert!(got[0].is_ok());
         assert!(matches!(got[1], Err(FormatError::Truncated(_))));
+    }
+
+    #[test]
+    fn a_block_claiming_more_ids_than_it_can_hold_is_refused() {
+        let mut skeleton = vec![0u8, 0, 0, 1, 0, 1, 1, 2];
+        varint::put(&mut skeleton, 1 << 40);
+        skeleton.push(0);
+        let mut payload = vec![STRUCTURE_STORED];
+        varint::put(&mut payload, skeleton.len() as u64);
+        varint::put(&mut payload, skeleton.len() as u64);
+        payload.extend_from_slice(&skeleton);
+        let err = decode_request(&payload, &shape(8)).unwrap_err().to_string();
+        assert!(err.contains("token count"), "{err}");
     }
 
     #[test]

@@ -152,7 +152,8 @@ const LIFT_PRIOR: u64 = 8;
 pub(super) struct RoutingModel {
     num_experts: usize,
     id_bits: u32,
-    layer_ctx: Vec<usize>,
+    /// Ascending MoE layer ids: a layer's context is its position here.
+    moe_layers: Vec<usize>,
     per_layer_trees: bool,
     id_trees: Vec<Bit>,
     hit: Vec<Bit>,
@@ -179,18 +180,12 @@ impl RoutingModel {
         let e = shape.num_experts.max(1);
         let id_bits = usize::BITS - (e - 1).leading_zeros();
         let n_ctx = shape.moe_layers.len().max(1);
-        let mut layer_ctx = vec![0; shape.num_layers];
-        for (i, &l) in shape.moe_layers.iter().enumerate() {
-            if let Some(c) = layer_ctx.get_mut(l) {
-                *c = i;
-            }
-        }
         let per_layer_trees = (n_ctx << id_bits) <= MAX_TREE_TABLE;
         let trees = if per_layer_trees { n_ctx } else { 1 };
         Self {
             num_experts: e,
             id_bits,
-            layer_ctx,
+            moe_layers: shape.moe_layers.clone(),
             per_layer_trees,
             id_trees: vec![Bit::default(); trees << id_bits],
             hit: vec![Bit::default(); 2 * SLOT_CTX * HIT_CTX],
@@ -311,10 +306,11 @@ impl RoutingModel {
                 .get(ei..ei + n)
                 .ok_or_else(|| corrupt("entry count"))?;
             for entry in group {
+                // Layers outside the MoE list (a reader validates them later) share the
+                // first context.
                 let ctx = self
-                    .layer_ctx
-                    .get(entry.layer as usize)
-                    .copied()
+                    .moe_layers
+                    .binary_search(&(entry.layer as usize))
                     .unwrap_or(0);
                 let k = entry.top_k as usize;
                 let tokens = entry.ids.checked_div(k).unwrap_or(0);
