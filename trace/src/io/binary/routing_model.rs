@@ -35,11 +35,15 @@ const MAX_TREE_TABLE: usize = 1 << 20;
 /// The coder seen from the model: the encoder writes `b` and returns it, the decoder ignores
 /// `b` and returns what it reads. One generic model loop serves both, so they cannot drift.
 pub(super) trait BitIo {
+    /// Whether this side knows the values (the encoder), so that the decoder skips work
+    /// whose result it ignores.
+    const ENCODES: bool;
     fn bit(&mut self, p: &mut Bit, b: bool) -> bool;
     fn tree(&mut self, t: &mut [Bit], bits: u32, v: u32) -> u32;
 }
 
 impl BitIo for Encoder {
+    const ENCODES: bool = true;
     #[inline]
     fn bit(&mut self, p: &mut Bit, b: bool) -> bool {
         Encoder::bit(self, p, b);
@@ -53,6 +57,7 @@ impl BitIo for Encoder {
 }
 
 impl BitIo for Decoder<'_> {
+    const ENCODES: bool = false;
     #[inline]
     fn bit(&mut self, p: &mut Bit, _b: bool) -> bool {
         Decoder::bit(self, p)
@@ -212,18 +217,6 @@ impl RoutingModel {
         }
     }
 
-    #[inline]
-    fn push_candidate(&mut self, x: u16) {
-        let i = x as usize;
-        if i < self.num_experts
-            && self.stamp[i] != self.generation
-            && self.cand.len() < MAX_CANDIDATES
-        {
-            self.stamp[i] = self.generation;
-            self.cand.push(x);
-        }
-    }
-
     fn candidates(&mut self, ctx: usize, prev: Option<&[u16]>) {
         self.cand.clear();
         if !self.candidates {
@@ -234,18 +227,33 @@ impl RoutingModel {
             self.stamp.fill(0);
             self.generation = 1;
         }
-        for i in 0..self.last[ctx].len() {
-            let x = self.last[ctx][i];
-            self.push_candidate(x);
+        let Self {
+            last,
+            succ,
+            stamp,
+            cand,
+            generation,
+            num_experts,
+            ..
+        } = self;
+        let (g, e) = (*generation, *num_experts);
+        let mut push = |x: u16| {
+            let i = x as usize;
+            if i < e && stamp[i] != g && cand.len() < MAX_CANDIDATES {
+                stamp[i] = g;
+                cand.push(x);
+            }
+        };
+        for &x in &last[ctx] {
+            push(x);
         }
-        if let Some(prev) = prev {
+        if let (Some(prev), Some(s)) = (prev, succ.as_ref()) {
+            let rows = &s.best[ctx * s.e..(ctx + 1) * s.e];
             for j in 0..SUCCESSORS {
                 for &p in prev {
-                    let s = match &self.succ {
-                        Some(s) if (p as usize) < s.e => s.best[ctx * s.e + p as usize][j].0,
-                        _ => NONE,
-                    };
-                    self.push_candidate(s);
+                    if let Some(b) = rows.get(p as usize) {
+                        push(b[j].0);
+                    }
                 }
             }
         }
@@ -267,7 +275,11 @@ impl RoutingModel {
                 continue;
             }
             if !self.cand.is_empty() {
-                let pos = self.cand.iter().position(|&x| x == *slot);
+                let pos = if C::ENCODES {
+                    self.cand.iter().position(|&x| x == *slot)
+                } else {
+                    None
+                };
                 let h = &mut self.hit[sc * HIT_CTX + hits.min(HIT_CTX - 1)];
                 if c.bit(h, pos.is_some()) {
                     let tree = &mut self.index[sc * MAX_CANDIDATES..(sc + 1) * MAX_CANDIDATES];
