@@ -167,7 +167,7 @@ fn binary_shrinks_skewed_correlated_routing_at_256_and_384_experts() {
 
 /// Printed for the record, not asserted: the worst case, uniform independent routing, which
 /// carries log2(256!/248!)/8 = 8.0 bits per id (8.6 at 384 experts), so no lossless format
-/// passes about 5.2x (4.8x) on it; and milder and stronger skew and correlation.
+/// passes about 5.2x (5.0x) on it; and milder and stronger skew and correlation.
 #[test]
 fn report_uniform_worst_case_ratios() {
     for e in [256, 384] {

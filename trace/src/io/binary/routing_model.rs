@@ -7,7 +7,8 @@
 //!   experts that most often followed, at this layer, the experts this token chose at the
 //!   previous entry (layer-to-layer correlation, learnt within the block from pair counts);
 //! - or a *miss*: the id through a per-layer adaptive binary tree (order-0 popularity, which
-//!   captures the per-layer skew).
+//!   captures the per-layer skew). Models with fewer than [`MIN_EXPERTS_PER_SLOT`] experts
+//!   per slot code every id this way.
 //!
 //! The hit flag is conditioned on the phase, the slot and the hits so far; the index on the
 //! phase and the slot. Missing ids (entries flagged with them) cost one adaptive bit per id.
