@@ -90,20 +90,6 @@ fn binary_is_at_least_ten_times_smaller_than_paper_json() {
 }
 
 #[test]
-fn report_ratios_for_the_paper_shapes() {
-    // Not asserted: 256 experts with top-8 carry ~8 bits of entropy per id against ~37 bits of
-    // JSON, so no lossless format reaches 10x on uniform-ish selections.
-    for (e, k) in [(64, 4), (128, 8), (256, 8), (384, 8)] {
-        let shape = common::shape(8, 1, e, k);
-        let (json, bin) = sizes(&shape, 3, 4);
-        println!(
-            "{e} experts top-{k}: ratio {:.1}x",
-            json as f64 / bin as f64
-        );
-    }
-}
-
-#[test]
 fn the_mixtral_example_file_shrinks_at_least_tenfold() {
     let Some(path) = common::shared_data("mixtral-8x7b-routing/humaneval_p0.paper-format.json")
     else {
@@ -135,4 +121,59 @@ fn the_mixtral_example_file_shrinks_at_least_tenfold() {
     let again = parse(&std::fs::read(&out.path).unwrap(), "p0".into(), None, None).unwrap();
     assert_eq!(again.request, doc.request);
     assert_eq!(out.dropped_tokens, 0);
+}
+
+/// Paper JSON and binary sizes of 4 requests of 200 prompt + 100 decode tokens over 16 MoE
+/// layers, routed by `common::Routing` with the given skew and correlations.
+fn routed_ratio(num_experts: usize, zipf: f64, corr: f64) -> f64 {
+    let shape = common::shape(17, 1, num_experts, 8);
+    let routing = common::Routing::new(&shape, zipf, corr, corr, 5);
+    let mut rng = common::Rng::new(11);
+    let mut json = 0;
+    let mut w = BinaryWriter::new(Vec::new(), &shape).unwrap();
+    for i in 0..4 {
+        let r = routing.request(&mut rng, &format!("q{i}"), 200, 100, false);
+        let mut out = Vec::new();
+        render(&r, &shape, &mut out).unwrap();
+        json += out.len();
+        w.append(&r).unwrap();
+    }
+    let bin = w.finish().unwrap();
+    // The measurement is only worth something if the trace survives.
+    let back: Vec<_> = BinaryReader::new(&bin[..])
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(back.len(), 4);
+    let ratio = json as f64 / bin.len() as f64;
+    println!(
+        "{num_experts} experts top-8, zipf {zipf}, layer/token correlation {corr}: paper JSON {json} B, binary {} B, {ratio:.2}x",
+        bin.len()
+    );
+    ratio
+}
+
+/// Skewed, correlated routing (Zipf 1.0 popularity per layer, layer-to-layer and
+/// token-to-token re-selection 0.4) at DeepSeek-V3's and Kimi-K2's width. Version 1 reached
+/// 5.3x and 4.5x here, version 2 6.3x and 6.1x. Issue 5 asks for 10x, which this does not
+/// reach: even a coder that knew the generator's maps and popularities exactly would need
+/// about 4.2 bits per id against about 41 bits per id of JSON (about 9.8x), and a block
+/// decodable on its own must learn both from one request (docs/trace-format.md, "Size").
+#[test]
+fn binary_shrinks_skewed_correlated_routing_at_256_and_384_experts() {
+    assert!(routed_ratio(256, 1.0, 0.4) >= 6.0);
+    assert!(routed_ratio(384, 1.0, 0.4) >= 6.0);
+}
+
+/// Printed for the record, not asserted: the worst case, uniform independent routing, which
+/// carries log2(256!/248!)/8 = 8.0 bits per id (8.6 at 384 experts), so no lossless format
+/// passes about 5.2x (5.0x) on it; and milder and stronger skew and correlation.
+#[test]
+fn report_uniform_worst_case_ratios() {
+    for e in [256, 384] {
+        routed_ratio(e, 0.0, 0.0);
+    }
+    for (e, z, c) in [(256, 0.5, 0.3), (256, 1.0, 0.5), (384, 1.0, 0.5)] {
+        routed_ratio(e, z, c);
+    }
 }

@@ -1,8 +1,15 @@
 //! moeflow's compact binary trace format: a header with the model shape, then one
-//! self-delimiting, checksummed, deflate-compressed block of columns per request. A live
-//! recorder appends and flushes one block per finished request; a reader streams blocks one
-//! at a time and reports a truncated last block instead of failing the whole file. The byte
-//! layout is documented in `docs/trace-format.md`.
+//! self-delimiting, checksummed block per request: its skeleton columns (deflated) and its
+//! expert ids and gate weights, range-coded under an adaptive routing model that is reset
+//! at every block. A live recorder appends and flushes one block per finished request; a
+//! reader streams blocks one at a time, decodes them in parallel, and reports a truncated
+//! last block instead of failing the whole file. Version-1 files (deflated byte columns)
+//! still read. The byte layout is documented in `docs/trace-format.md`.
+
+mod range_coder;
+mod routing_model;
+mod structure;
+mod v1;
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -13,27 +20,30 @@ use flate2::write::DeflateEncoder;
 use flate2::Compression;
 use half::f16;
 
+use self::range_coder::{Decoder, Encoder};
+use self::routing_model::RoutingModel;
+use self::structure::{Cursor, FLAG_WEIGHTS};
 use super::varint;
 use super::{FormatError, WriteError};
-use crate::model::{
-    validate_request, Iteration, LayerRouting, ModelShape, Phase, RequestTrace, MISSING_EXPERT,
-};
+use crate::model::{validate_request, ModelShape, Phase, RequestTrace, MISSING_EXPERT};
 
 /// First bytes of every binary trace file.
 pub const MAGIC: [u8; 8] = *b"MOEFLOWT";
-/// Format version this code writes and reads.
-pub const VERSION: u16 = 1;
+/// Format version this code writes. It reads this one and version 1.
+pub const VERSION: u16 = 2;
+/// Oldest version this code reads.
+pub const MIN_VERSION: u16 = 1;
 const BLOCK_TAG: [u8; 4] = *b"MFRQ";
 const END_TAG: [u8; 4] = *b"MFEN";
+/// Version-1 block codecs: the payload stored or deflated.
 const CODEC_RAW: u8 = 0;
 const CODEC_DEFLATE: u8 = 1;
+/// Version-2 block codec: skeleton plus range-coded ids and weights.
+const CODEC_MODEL: u8 = 2;
 const BLOCK_HEADER_LEN: usize = 17;
 /// Largest header or block accepted, so that a corrupt length cannot make a reader allocate
 /// gigabytes.
 pub const MAX_BLOCK_LEN: u32 = 1 << 30;
-
-const FLAG_WEIGHTS: u8 = 1;
-const FLAG_MISSING: u8 = 2;
 
 // ---------------------------------------------------------------------------------------
 // Header
@@ -86,6 +96,10 @@ fn decode_shape(b: &[u8]) -> Result<ModelShape, FormatError> {
     if n_moe > num_layers {
         return Err(bad("MoE layer count (more than num_layers)"));
     }
+    // Each id takes at least one byte: refuse a count the body cannot hold before allocating.
+    if n_moe > b.len() {
+        return Err(bad("MoE layer count (more ids than the header holds)"));
+    }
     let mut moe_layers = Vec::with_capacity(n_moe);
     for _ in 0..n_moe {
         let l = num("MoE layer id")?;
@@ -125,263 +139,153 @@ pub fn sniff(prefix: &[u8]) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------
-// Request payload (columns)
+// Request payload (version 2)
 
-/// Encodes one request's columns (uncompressed). Expects a request valid for `shape`.
-pub fn encode_request(r: &RequestTrace, shape: &ModelShape) -> Vec<u8> {
-    let wide = shape.num_experts > 256;
-    let mut out = Vec::new();
-    // Metadata.
-    let flags = u8::from(r.workload.is_some())
-        | (u8::from(r.started_ms.is_some()) << 1)
-        | (u8::from(r.finished_ms.is_some()) << 2);
-    out.push(flags);
-    varint::put(&mut out, r.id.len() as u64);
-    out.extend_from_slice(r.id.as_bytes());
-    if let Some(w) = &r.workload {
-        varint::put(&mut out, w.len() as u64);
-        out.extend_from_slice(w.as_bytes());
+const STRUCTURE_STORED: u8 = 0;
+const STRUCTURE_DEFLATE: u8 = 1;
+
+/// Most expert ids a version-2 block of `payload_len` bytes may hold, so that a corrupt count
+/// is refused before anything is allocated for it (decoding allocates 2 bytes per id). The
+/// probability clamp of the coder makes every binary decision cost at least 0.022 bits, so
+/// a byte carries at most about 360 decisions and every id but a layer's first costs at
+/// least one: real blocks stay far below 512 ids per byte.
+fn max_ids(payload_len: usize) -> usize {
+    (1usize << 16).saturating_add(payload_len.saturating_mul(512))
+}
+
+/// Encodes one request as a version-2 payload: the skeleton columns (deflated at `level`,
+/// stored when that does not help), then the range-coded ids and weights. Expects a request
+/// valid for `shape`.
+fn encode_payload(
+    r: &RequestTrace,
+    shape: &ModelShape,
+    level: Compression,
+) -> std::io::Result<Vec<u8>> {
+    let mut skeleton = Vec::new();
+    structure::encode(r, &mut skeleton);
+    let mut deflated = None;
+    if level.level() > 0 {
+        let mut enc = DeflateEncoder::new(Vec::with_capacity(skeleton.len() / 4), level);
+        enc.write_all(&skeleton)?;
+        let z = enc.finish()?;
+        if z.len() < skeleton.len() {
+            deflated = Some(z);
+        }
     }
-    varint::put(&mut out, r.prompt_len as u64);
-    for t in [r.started_ms, r.finished_ms].into_iter().flatten() {
-        varint::put(&mut out, t);
-    }
-    // Iteration columns.
-    varint::put(&mut out, r.iterations.len() as u64);
-    out.extend(r.iterations.iter().map(|it| match it.phase {
-        Phase::Prefill => 0u8,
-        Phase::Decode => 1u8,
-    }));
-    for it in &r.iterations {
-        varint::put(&mut out, it.layers.len() as u64);
-    }
+    let mut out = Vec::with_capacity(skeleton.len() + 16);
+    out.push(if deflated.is_some() {
+        STRUCTURE_DEFLATE
+    } else {
+        STRUCTURE_STORED
+    });
+    varint::put(&mut out, skeleton.len() as u64);
+    let stored = deflated.as_deref().unwrap_or(&skeleton);
+    varint::put(&mut out, stored.len() as u64);
+    out.extend_from_slice(stored);
+
     let entries = || r.iterations.iter().flat_map(|it| it.layers.iter());
-    for l in entries() {
-        varint::put(&mut out, u64::from(l.layer));
-    }
-    for l in entries() {
-        varint::put(&mut out, u64::from(l.top_k));
-    }
-    for l in entries() {
-        varint::put(&mut out, l.num_tokens() as u64);
-    }
-    let flag_of = |l: &LayerRouting| {
-        let mut f = 0u8;
-        if l.weights.is_some() {
-            f |= FLAG_WEIGHTS;
-        }
-        if l.experts.contains(&MISSING_EXPERT) {
-            f |= FLAG_MISSING;
-        }
-        f
-    };
-    out.extend(entries().map(flag_of));
-    // Expert ids: a low-byte plane, then a high-byte plane when ids need 16 bits, so that the
-    // compressor sees bytes of one kind together. Missing entries are stored as 0 and flagged
-    // in the bitmaps below.
-    let ids = || entries().flat_map(|l| l.experts.iter().copied());
-    let id = |e: u16| if e == MISSING_EXPERT { 0 } else { e };
-    out.extend(ids().map(|e| id(e) as u8));
-    if wide {
-        out.extend(ids().map(|e| (id(e) >> 8) as u8));
-    }
-    for l in entries().filter(|l| flag_of(l) & FLAG_MISSING != 0) {
-        let mut bits = vec![0u8; l.experts.len().div_ceil(8)];
-        for (i, &e) in l.experts.iter().enumerate() {
-            if e == MISSING_EXPERT {
-                bits[i / 8] |= 1 << (i % 8);
-            }
-        }
-        out.extend_from_slice(&bits);
-    }
-    let weights = || {
-        entries()
-            .filter_map(|l| l.weights.as_deref())
-            .flatten()
-            .map(|&w| f16::from_f32(w).to_bits())
-    };
-    out.extend(weights().map(|w| w as u8));
-    out.extend(weights().map(|w| (w >> 8) as u8));
-    out
+    let mut experts: Vec<u16> = entries().flat_map(|l| l.experts.iter().copied()).collect();
+    let mut weights: Vec<u16> = entries()
+        .filter_map(|l| l.weights.as_deref())
+        .flatten()
+        .map(|&w| f16::from_f32(w).to_bits())
+        .collect();
+    let iterations: Vec<(Phase, usize)> = r
+        .iterations
+        .iter()
+        .map(|it| (it.phase, it.layers.len()))
+        .collect();
+    let skel_entries: Vec<structure::Entry> = entries()
+        .map(|l| structure::Entry {
+            layer: l.layer,
+            top_k: l.top_k,
+            ids: l.experts.len(),
+            flags: structure::entry_flags(l),
+        })
+        .collect();
+    let mut enc = Encoder::new(out);
+    RoutingModel::new(shape)
+        .code_request(
+            &mut enc,
+            &iterations,
+            &skel_entries,
+            &mut experts,
+            &mut weights,
+        )
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+    Ok(enc.finish())
 }
 
-struct Cursor<'a> {
-    b: &'a [u8],
-    p: usize,
+/// Encodes one request as a version-2 payload with the skeleton stored uncompressed (what a
+/// block holds is this with the skeleton deflated when that is smaller). Expects a request
+/// valid for `shape`.
+pub fn encode_request(r: &RequestTrace, shape: &ModelShape) -> Vec<u8> {
+    // Encoding a valid request cannot fail: the model refuses only what a decoder reads.
+    encode_payload(r, shape, Compression::none()).unwrap_or_default()
 }
 
-impl<'a> Cursor<'a> {
-    fn err(&self, what: &str) -> FormatError {
-        FormatError::Layout(format!(
-            "request block: bad or missing {what} at payload byte {}",
-            self.p
-        ))
-    }
-    fn num(&mut self, what: &str) -> Result<usize, FormatError> {
-        let v = varint::get(self.b, &mut self.p).ok_or_else(|| self.err(what))?;
-        usize::try_from(v).map_err(|_| self.err(what))
-    }
-    fn u64(&mut self, what: &str) -> Result<u64, FormatError> {
-        varint::get(self.b, &mut self.p).ok_or_else(|| self.err(what))
-    }
-    fn bytes(&mut self, n: usize, what: &str) -> Result<&'a [u8], FormatError> {
-        let end = self.p.checked_add(n).filter(|&e| e <= self.b.len());
-        let end = end.ok_or_else(|| self.err(what))?;
-        let s = &self.b[self.p..end];
-        self.p = end;
-        Ok(s)
-    }
-    fn string(&mut self, what: &str) -> Result<String, FormatError> {
-        let n = self.num(what)?;
-        let b = self.bytes(n, what)?;
-        std::str::from_utf8(b)
-            .map(str::to_string)
-            .map_err(|_| self.err(what))
-    }
-    fn remaining(&self) -> usize {
-        self.b.len() - self.p
-    }
-}
-
-/// Decodes one request's columns. Every count is checked against the bytes left, so a
+/// Decodes one version-2 payload. Every count is checked against the bytes there are, so a
 /// corrupt block yields an error naming the column, never a panic or a huge allocation.
 pub fn decode_request(b: &[u8], shape: &ModelShape) -> Result<RequestTrace, FormatError> {
-    let wide = shape.num_experts > 256;
     let mut c = Cursor { b, p: 0 };
-    let flags = c.bytes(1, "metadata flags")?[0];
-    let id = c.string("id")?;
-    let workload = if flags & 1 != 0 {
-        Some(c.string("workload")?)
-    } else {
-        None
-    };
-    let prompt_len = c.num("prompt_len")?;
-    let started_ms = if flags & 2 != 0 {
-        Some(c.u64("started_ms")?)
-    } else {
-        None
-    };
-    let finished_ms = if flags & 4 != 0 {
-        Some(c.u64("finished_ms")?)
-    } else {
-        None
-    };
-    let n_iter = c.num("iteration count")?;
-    if n_iter > c.remaining() {
-        return Err(c.err("iteration count"));
-    }
-    let phases = c.bytes(n_iter, "phases")?.to_vec();
-    let mut per_iter = Vec::with_capacity(n_iter);
-    let mut n_entries = 0usize;
-    for _ in 0..n_iter {
-        let n = c.num("layers per iteration")?;
-        n_entries = n_entries
-            .checked_add(n)
-            .filter(|&t| t <= b.len())
-            .ok_or_else(|| c.err("layers per iteration"))?;
-        per_iter.push(n);
-    }
-    let mut layer_ids = Vec::with_capacity(n_entries);
-    for _ in 0..n_entries {
-        let l = c.num("layer id")?;
-        layer_ids.push(u32::try_from(l).map_err(|_| c.err("layer id"))?);
-    }
-    let mut top_ks = Vec::with_capacity(n_entries);
-    for _ in 0..n_entries {
-        let k = c.num("top_k")?;
-        top_ks.push(u16::try_from(k).map_err(|_| c.err("top_k"))?);
-    }
-    let mut n_ids = Vec::with_capacity(n_entries);
-    let mut total_ids = 0usize;
-    for &k in &top_ks {
-        let t = c.num("token count")?;
-        let n = t
-            .checked_mul(k as usize)
-            .filter(|&n| n <= b.len())
-            .ok_or_else(|| c.err("token count"))?;
-        total_ids = total_ids
-            .checked_add(n)
-            .filter(|&n| n <= b.len())
-            .ok_or_else(|| c.err("token count"))?;
-        n_ids.push(n);
-    }
-    let entry_flags = c.bytes(n_entries, "layer flags")?.to_vec();
-    let lo = c.bytes(total_ids, "expert ids")?;
-    let hi = if wide {
-        Some(c.bytes(total_ids, "expert ids (high bytes)")?)
-    } else {
-        None
-    };
-    let mut experts: Vec<u16> = match hi {
-        Some(hi) => lo
-            .iter()
-            .zip(hi)
-            .map(|(&l, &h)| u16::from(l) | (u16::from(h) << 8))
-            .collect(),
-        None => lo.iter().map(|&l| u16::from(l)).collect(),
-    };
-    let mut start = 0;
-    for (i, &n) in n_ids.iter().enumerate() {
-        if entry_flags[i] & FLAG_MISSING != 0 {
-            let bits = c.bytes(n.div_ceil(8), "missing bitmap")?;
-            for (j, e) in experts[start..start + n].iter_mut().enumerate() {
-                if bits[j / 8] & (1 << (j % 8)) != 0 {
-                    *e = MISSING_EXPERT;
-                }
+    let codec = c.bytes(1, "skeleton codec")?[0];
+    let raw_len = c.num("skeleton length")?;
+    let stored_len = c.num("skeleton stored length")?;
+    let stored = c.bytes(stored_len, "skeleton")?;
+    let inflated;
+    let skeleton = match codec {
+        STRUCTURE_STORED if raw_len == stored_len => stored,
+        STRUCTURE_DEFLATE if raw_len <= MAX_BLOCK_LEN as usize => {
+            let mut raw = Vec::with_capacity(raw_len.min(stored_len.saturating_mul(64)));
+            DeflateDecoder::new(stored)
+                .take(raw_len as u64 + 1)
+                .read_to_end(&mut raw)
+                .map_err(|e| FormatError::Layout(format!("request block: skeleton: {e}")))?;
+            if raw.len() != raw_len {
+                return Err(c.err("skeleton length (inflated size differs)"));
             }
+            inflated = raw;
+            &inflated[..]
         }
-        start += n;
+        _ => return Err(c.err("skeleton codec")),
+    };
+    let mut sc = Cursor { b: skeleton, p: 0 };
+    let sk = structure::decode(&mut sc, max_ids(b.len()))?;
+    if sc.remaining() != 0 {
+        return Err(sc.err("end of skeleton (trailing bytes)"));
     }
-    let n_weights: usize = n_ids
+    let stream = &b[c.p..];
+    let mut experts = vec![0u16; sk.total_ids()];
+    let n_weights: usize = sk
+        .entries
         .iter()
-        .zip(&entry_flags)
-        .filter(|(_, &f)| f & FLAG_WEIGHTS != 0)
-        .map(|(&n, _)| n)
+        .filter(|e| e.flags & FLAG_WEIGHTS != 0)
+        .map(|e| e.ids)
         .sum();
-    let wlo = c.bytes(n_weights, "gate weights")?;
-    let whi = c.bytes(n_weights, "gate weights (high bytes)")?;
-    let mut weights = wlo
+    let mut weights = vec![0u16; n_weights];
+    let mut dec = Decoder::new(stream);
+    RoutingModel::new(shape).code_request(
+        &mut dec,
+        &sk.iterations,
+        &sk.entries,
+        &mut experts,
+        &mut weights,
+    )?;
+    if dec.overran() {
+        return Err(FormatError::Layout(
+            "request block: expert ids: the coded stream ends early".into(),
+        ));
+    }
+    if !dec.consumed_all() {
+        return Err(FormatError::Layout(
+            "request block: expert ids: trailing bytes after the coded stream".into(),
+        ));
+    }
+    let weights: Vec<f32> = weights
         .iter()
-        .zip(whi)
-        .map(|(&l, &h)| f16::from_bits(u16::from(l) | (u16::from(h) << 8)).to_f32());
-    if c.remaining() != 0 {
-        return Err(c.err("end of block (trailing bytes)"));
-    }
-    let mut iterations = Vec::with_capacity(n_iter);
-    let mut e = 0usize;
-    let mut id_start = 0usize;
-    for (i, &n) in per_iter.iter().enumerate() {
-        let phase = match phases[i] {
-            0 => Phase::Prefill,
-            1 => Phase::Decode,
-            _ => return Err(c.err("phase")),
-        };
-        let mut layers = Vec::with_capacity(n);
-        for _ in 0..n {
-            let cnt = n_ids[e];
-            let ex = experts[id_start..id_start + cnt].to_vec();
-            let w = (entry_flags[e] & FLAG_WEIGHTS != 0)
-                .then(|| weights.by_ref().take(cnt).collect::<Vec<f32>>());
-            layers.push(LayerRouting {
-                layer: layer_ids[e],
-                top_k: top_ks[e],
-                experts: ex,
-                weights: w,
-            });
-            id_start += cnt;
-            e += 1;
-        }
-        iterations.push(Iteration { phase, layers });
-    }
-    experts.clear();
-    Ok(RequestTrace {
-        id,
-        workload,
-        prompt_len,
-        started_ms,
-        finished_ms,
-        iterations,
-    })
+        .map(|&w| f16::from_bits(w).to_f32())
+        .collect();
+    Ok(sk.assemble(&experts, &weights))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -437,8 +341,9 @@ impl<W: Write> BinaryWriter<W> {
         })
     }
 
-    /// Deflate level 0-9 for the following blocks (0 stores them uncompressed; the default
-    /// 6 is several times faster than recording on these machines).
+    /// Deflate level 0-9 for the skeleton columns of the following blocks (0 stores them
+    /// uncompressed). Expert ids and gate weights are always range-coded; the level only
+    /// trades a little speed on long decode runs, whose skeleton repeats per iteration.
     pub fn set_level(&mut self, level: u32) {
         self.level = Compression::new(level.min(9));
     }
@@ -464,35 +369,41 @@ impl<W: Write> BinaryWriter<W> {
             id: r.id.clone(),
             source,
         })?;
-        let raw = encode_request(r, &self.shape);
-        let too_big = || WriteError::Unrepresentable {
-            id: r.id.clone(),
-            message: format!("block of {} bytes exceeds {MAX_BLOCK_LEN}", raw.len()),
-        };
-        if raw.len() > MAX_BLOCK_LEN as usize {
-            return Err(too_big());
-        }
-        let (codec, stored) = if self.level.level() == 0 {
-            (CODEC_RAW, raw.clone())
-        } else {
-            let mut enc = DeflateEncoder::new(Vec::with_capacity(raw.len() / 4), self.level);
-            let io = |source| WriteError::Io {
-                path: self.label.clone(),
-                source,
-            };
-            enc.write_all(&raw).map_err(io)?;
-            let z = enc.finish().map_err(io)?;
-            if z.len() < raw.len() {
-                (CODEC_DEFLATE, z)
-            } else {
-                (CODEC_RAW, raw.clone())
+        let stored = encode_payload(r, &self.shape, self.level).map_err(|e| {
+            WriteError::Unrepresentable {
+                id: r.id.clone(),
+                message: e.to_string(),
             }
-        };
+        })?;
+        if stored.len() > MAX_BLOCK_LEN as usize {
+            return Err(WriteError::Unrepresentable {
+                id: r.id.clone(),
+                message: format!("block of {} bytes exceeds {MAX_BLOCK_LEN}", stored.len()),
+            });
+        }
+        let ids: usize = r
+            .iterations
+            .iter()
+            .flat_map(|it| &it.layers)
+            .map(|l| l.experts.len())
+            .sum();
+        if ids > max_ids(stored.len()) {
+            return Err(WriteError::Unrepresentable {
+                id: r.id.clone(),
+                message: format!(
+                    "{ids} expert ids coded into {} bytes exceed the format's bound of {}",
+                    stored.len(),
+                    max_ids(stored.len())
+                ),
+            });
+        }
+        let codec = CODEC_MODEL;
         let mut head = [0u8; BLOCK_HEADER_LEN];
         head[..4].copy_from_slice(&BLOCK_TAG);
         head[4] = codec;
         head[5..9].copy_from_slice(&(stored.len() as u32).to_le_bytes());
-        head[9..13].copy_from_slice(&(raw.len() as u32).to_le_bytes());
+        // Version 2: the "raw length" field repeats the payload length.
+        head[9..13].copy_from_slice(&(stored.len() as u32).to_le_bytes());
         let mut h = crc32fast::Hasher::new();
         h.update(&head[..13]);
         h.update(&stored);
@@ -537,6 +448,7 @@ impl<W: Write> BinaryWriter<W> {
 pub struct RawBlock {
     /// Byte offset of the block in the file.
     pub offset: u64,
+    version: u16,
     codec: u8,
     raw_len: u32,
     payload: Vec<u8>,
@@ -556,9 +468,10 @@ impl RawBlock {
             }
             other => other,
         };
-        match self.codec {
-            CODEC_RAW => decode_request(&self.payload, shape).map_err(at),
-            CODEC_DEFLATE => {
+        match (self.version, self.codec) {
+            (2, CODEC_MODEL) => decode_request(&self.payload, shape).map_err(at),
+            (1, CODEC_RAW) => v1::decode_request(&self.payload, shape).map_err(at),
+            (1, CODEC_DEFLATE) => {
                 let mut raw = Vec::with_capacity(self.raw_len as usize);
                 DeflateDecoder::new(&self.payload[..])
                     .take(u64::from(self.raw_len) + 1)
@@ -577,10 +490,10 @@ impl RawBlock {
                         self.raw_len
                     )));
                 }
-                decode_request(&raw, shape).map_err(at)
+                v1::decode_request(&raw, shape).map_err(at)
             }
-            c => Err(FormatError::Layout(format!(
-                "block at byte {}: unknown codec {c}",
+            (v, c) => Err(FormatError::Layout(format!(
+                "block at byte {}: unknown codec {c} for format version {v}",
                 self.offset
             ))),
         }
@@ -593,6 +506,7 @@ impl RawBlock {
 pub struct BinaryReader<R: Read> {
     r: R,
     shape: ModelShape,
+    version: u16,
     offset: u64,
     count: u64,
     done: bool,
@@ -634,9 +548,9 @@ impl<R: Read> BinaryReader<R> {
             return Err(FormatError::Truncated("header".into()));
         }
         let version = u16::from_le_bytes([fixed[8], fixed[9]]);
-        if version != VERSION {
+        if !(MIN_VERSION..=VERSION).contains(&version) {
             return Err(FormatError::Layout(format!(
-                "binary trace version {version}, this reader reads {VERSION}"
+                "binary trace version {version}, this reader reads versions {MIN_VERSION} to {VERSION}"
             )));
         }
         let len = u32::from_le_bytes([fixed[12], fixed[13], fixed[14], fixed[15]]);
@@ -658,6 +572,7 @@ impl<R: Read> BinaryReader<R> {
         Ok(Self {
             r,
             shape,
+            version,
             offset: 16 + rest.len() as u64,
             count: 0,
             done: false,
@@ -667,6 +582,11 @@ impl<R: Read> BinaryReader<R> {
 
     pub fn shape(&self) -> &ModelShape {
         &self.shape
+    }
+
+    /// The file's format version (1 or 2).
+    pub fn version(&self) -> u16 {
+        self.version
     }
 
     /// Whether the writer's end block has been read (the file is complete).
@@ -778,6 +698,7 @@ impl<R: Read> BinaryReader<R> {
         self.count += 1;
         Some(Ok(RawBlock {
             offset: at,
+            version: self.version,
             codec: head[4],
             raw_len,
             payload,
@@ -801,6 +722,7 @@ impl<R: Read> Iterator for BinaryReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Iteration, LayerRouting};
     use proptest::prelude::*;
 
     fn shape(num_experts: usize) -> ModelShape {
@@ -891,6 +813,19 @@ mod tests {
     }
 
     #[test]
+    fn a_block_claiming_more_ids_than_it_can_hold_is_refused() {
+        let mut skeleton = vec![0u8, 0, 0, 1, 0, 1, 1, 2];
+        varint::put(&mut skeleton, 1 << 40);
+        skeleton.push(0);
+        let mut payload = vec![STRUCTURE_STORED];
+        varint::put(&mut payload, skeleton.len() as u64);
+        varint::put(&mut payload, skeleton.len() as u64);
+        payload.extend_from_slice(&skeleton);
+        let err = decode_request(&payload, &shape(8)).unwrap_err().to_string();
+        assert!(err.contains("token count"), "{err}");
+    }
+
+    #[test]
     fn flipped_byte_fails_the_checksum() {
         let s = shape(8);
         let mut w = BinaryWriter::new(Vec::new(), &s).unwrap();
@@ -902,7 +837,81 @@ mod tests {
         assert!(matches!(got[0], Err(FormatError::Checksum(_))));
     }
 
+    /// Requests of any shape the model accepts: prefill and decode, ids drawn from a few hot
+    /// experts or anywhere (so candidates hit and miss), missing ids, weights or none.
+    fn arb_request(e: usize, k: usize) -> impl Strategy<Value = RequestTrace> {
+        let id = prop_oneof![0..e as u16, 0..4u16.min(e as u16), Just(MISSING_EXPERT)];
+        // Any f16 but NaN, which never equals itself.
+        let weight = any::<u16>().prop_map(|b| {
+            let w = f16::from_bits(b);
+            if w.is_nan() {
+                0.0
+            } else {
+                w.to_f32()
+            }
+        });
+        let entry = move |tokens: std::ops::Range<usize>| {
+            (
+                proptest::collection::vec(id.clone(), tokens.start * k..tokens.end * k),
+                any::<bool>(),
+                proptest::collection::vec(weight.clone(), 0..64 * k),
+            )
+                .prop_map(move |(mut ex, with_w, w)| {
+                    ex.truncate(ex.len() / k * k);
+                    let weights = (with_w && w.len() >= ex.len()).then(|| w[..ex.len()].to_vec());
+                    (ex, weights)
+                })
+        };
+        let layers = move |tokens: std::ops::Range<usize>| {
+            proptest::collection::vec(entry(tokens), 2).prop_map(move |v| {
+                v.into_iter()
+                    .enumerate()
+                    .map(|(i, (experts, weights))| LayerRouting {
+                        layer: i as u32 + 1,
+                        top_k: k as u16,
+                        experts,
+                        weights,
+                    })
+                    .collect::<Vec<_>>()
+            })
+        };
+        (layers(0..40), proptest::collection::vec(layers(1..2), 0..6)).prop_map(
+            |(prefill, decode)| RequestTrace {
+                id: "p".into(),
+                workload: None,
+                prompt_len: prefill[0].num_tokens(),
+                started_ms: None,
+                finished_ms: None,
+                iterations: std::iter::once(Iteration {
+                    phase: Phase::Prefill,
+                    layers: prefill,
+                })
+                .chain(decode.into_iter().map(|layers| Iteration {
+                    phase: Phase::Decode,
+                    layers,
+                }))
+                .collect(),
+            },
+        )
+    }
+
     proptest! {
+        #[test]
+        fn any_request_round_trips_exactly(
+            (e, r) in prop_oneof![Just(3usize), Just(8), Just(256), Just(384), Just(5000)]
+                .prop_flat_map(|e| (Just(e), arb_request(e, if e < 8 { 2 } else { 8 })))
+        ) {
+            let mut s = shape(e);
+            s.top_k = if e < 8 { 2 } else { 8 };
+            let mut w = BinaryWriter::new(Vec::new(), &s).unwrap();
+            // Decode iterations hold one token per layer: skip requests the model refuses.
+            if w.append(&r).is_ok() {
+                let bytes = w.finish().unwrap();
+                let got = BinaryReader::new(&bytes[..]).unwrap().next().unwrap().unwrap();
+                prop_assert_eq!(got, r);
+            }
+        }
+
         #[test]
         fn decode_never_panics(b in proptest::collection::vec(any::<u8>(), 0..400)) {
             let _ = decode_request(&b, &shape(300));
