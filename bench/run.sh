@@ -17,13 +17,16 @@
 #   serve      [Serving: end-to-end over HTTP]               bench/serve.sh; baseline: aggregated
 #   trace      [Traces: ...]                                 bench/trace.sh; baseline: raw read
 #   placement  [Placement: ...]                              bench/placement.sh; baseline: contiguous
-#   replace    [Placement: in the running system]            bench/placement_e2e.sh
+#   record     [Serving: trace recording overhead]           bench/trace_overhead.sh; baseline: untraced
+#   replace    [Placement end to end]                        bench/placement_e2e.sh; baseline: contiguous
+#   hiccup     [Live re-placement under load]                bench/replace_hiccup.sh; baseline: steps
+#                                                            before the switch
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OUT_ROOT=${OUT:-/tmp/moeflow-bench}
 export MODEL=${MODEL:-/tmp/bench-qwen3}
 mkdir -p "$OUT_ROOT"
-ALL="model comm frontend dispatch ep serve trace placement replace"
+ALL="model comm frontend dispatch ep serve record trace placement replace hiccup"
 SECTIONS=${*:-$ALL}
 
 machine() {
@@ -55,7 +58,9 @@ for s in $SECTIONS; do
     serve) section serve bench/serve.sh ;;
     trace) section trace bench/trace.sh ;;
     placement) section placement bench/placement.sh ;;
-    replace) section replace bench/placement_e2e.sh ;;
+    record) section record bench/trace_overhead.sh ;;
+    replace) section replace env WORK="$OUT_ROOT/replace" bench/placement_e2e.sh ;;
+    hiccup) section hiccup env WORK="$OUT_ROOT/hiccup" bench/replace_hiccup.sh ;;
     *) echo "unknown section $s (known: $ALL)" >&2; exit 2 ;;
   esac
 done

@@ -314,10 +314,25 @@ pub fn open(path: &Path, opts: &ReadOptions) -> Result<Source, SourceError> {
         };
         (root, vec![unit])
     };
-    let first = units.first().ok_or_else(|| SourceError::Empty {
-        path: path.to_path_buf(),
-    })?;
-    let format = first.kind.format();
+    if units.is_empty() {
+        return Err(SourceError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    // The format most files have: a stray or damaged file (which may sniff as another
+    // format) is skipped with its reason instead of deciding the format of the tree.
+    let mut tally: Vec<(Format, usize)> = Vec::new();
+    for u in &units {
+        let f = u.kind.format();
+        match tally.iter_mut().find(|(g, _)| *g == f) {
+            Some((_, n)) => *n += 1,
+            None => tally.push((f, 1)),
+        }
+    }
+    let format = tally
+        .iter()
+        .fold(tally[0], |best, &t| if t.1 > best.1 { t } else { best })
+        .0;
     let mut pre_skipped = Vec::new();
     units.retain(|u| {
         let keep = u.kind.format() == format;
