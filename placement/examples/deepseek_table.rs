@@ -9,19 +9,29 @@
 //! DIR defaults to `/work/shared/data/deepseek-v3-expert-counts` (SGLang's expert-count
 //! dumps, `{"logical_count": [[count; 256]; 61]}`). Ranks are grouped 8 per node and
 //! DeepSeek-V3's 8 expert groups are given to EPLB, as in a deployment on 8-GPU nodes;
-//! `eplb-global` is EPLB without node information. "decode-informed" is the better of EPLB
-//! and prefill-aware planned on the decode counts themselves: what a plan that knew the
-//! decode loads in advance could reach.
+//! `eplb-global` is EPLB without node information. The load-aware planners prepare for the
+//! load noise measured between the prefill workloads (never the decode files). "decode-informed"
+//! is the better of EPLB and prefill-aware planned on the decode counts themselves, without
+//! noise: what a plan that knew the decode loads in advance could reach.
 
 use std::error::Error;
 use std::path::{Path, PathBuf};
 
 use moeflow_placement::eval::{DeviceProfile, EvalOptions, Evaluator};
-use moeflow_placement::planner::{by_name, PlanInput};
+use moeflow_placement::planner::{by_name, load_noise, LoadNoise, PlanInput};
 use moeflow_placement::PlanTarget;
 use moeflow_trace::{CountsTrace, LoadSummary, ModelShape, Phase, TraceItem};
 
 const DEFAULT_DIR: &str = "/work/shared/data/deepseek-v3-expert-counts";
+/// Every prefill workload of the data set; the planners' load noise is measured on these.
+const PREFILL: [&str; 6] = [
+    "prefill_in1000out1000",
+    "prefill_in2000out100",
+    "prefill_in1024",
+    "prefill_in2048",
+    "prefill_in4096",
+    "prefill_in512",
+];
 const RANKS_PER_NODE: usize = 8;
 const GROUPS: usize = 8;
 
@@ -92,7 +102,12 @@ fn data(dir: &Path, name: &str) -> Result<Data, Box<dyn Error>> {
     })
 }
 
-fn input(d: &Data, ranks: usize, redundant: usize) -> Result<PlanInput, Box<dyn Error>> {
+fn input(
+    d: &Data,
+    ranks: usize,
+    redundant: usize,
+    noise: LoadNoise,
+) -> Result<PlanInput, Box<dyn Error>> {
     let target = PlanTarget {
         num_experts: d.shape.num_experts,
         moe_layers: d.shape.moe_layers.clone(),
@@ -106,6 +121,7 @@ fn input(d: &Data, ranks: usize, redundant: usize) -> Result<PlanInput, Box<dyn 
             .with_nodes(Some(RANKS_PER_NODE.min(ranks)))
             .with_groups(GROUPS)
             .with_top_k(d.shape.top_k)
+            .with_load_noise(noise)
             .with_source(d.shape.model.clone(), Some(d.name.clone())),
     )
 }
@@ -141,6 +157,18 @@ fn main() -> Result<(), Box<dyn Error>> {
         "prefill-aware",
         "traffic-aware",
     ];
+    // The load noise the planners prepare for, from the prefill workloads only.
+    let prefill: Vec<Data> = PREFILL
+        .iter()
+        .map(|n| data(&dir, n))
+        .collect::<Result<_, _>>()?;
+    let loads: Vec<_> = prefill.iter().map(|d| &d.summary.prefill).collect();
+    let noise = load_noise(&loads, GROUPS).ok_or("no two prefill workloads share a layer")?;
+    println!(
+        "load noise (largest shift between two prefill workloads): group {:.3}, expert {:.3}",
+        noise.group, noise.expert
+    );
+    println!();
     println!(
         "| plan from | evaluate on | ranks | R | contiguous | round-robin | eplb | eplb-global | prefill-aware | traffic-aware | decode-informed |"
     );
@@ -150,14 +178,15 @@ fn main() -> Result<(), Box<dyn Error>> {
         let d = data(&dir, eval_on)?;
         for ranks in [8, 32, 64] {
             for redundant in [0, 1] {
-                let pin = input(&p, ranks, redundant)?;
+                let pin = input(&p, ranks, redundant, noise)?;
                 let mut row = Vec::new();
                 for planner in planners {
                     row.push(score(planner, &pin, &d)?);
                 }
                 let global = pin.clone().with_nodes(None);
                 row.insert(3, score("eplb", &global, &d)?);
-                let din = input(&d, ranks, redundant)?;
+                // Planned on the decode loads exactly: no noise to prepare for.
+                let din = input(&d, ranks, redundant, LoadNoise::NONE)?;
                 let informed = score("eplb", &din, &d)?.min(score("prefill-aware", &din, &d)?);
                 row.push(informed);
                 let cells: Vec<String> = row.iter().map(|v| format!("{v:.3}")).collect();
