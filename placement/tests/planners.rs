@@ -1,7 +1,9 @@
 //! Invariants every planner keeps on random loads.
 
 use moeflow_placement::eval::{DeviceProfile, EvalOptions, Evaluator};
-use moeflow_placement::planner::{by_name, PlanInput, NAMES};
+use moeflow_placement::planner::{
+    by_name, expected_busiest, LoadNoise, PlanInput, DEFAULT_LOAD_NOISE, NAMES,
+};
 use moeflow_placement::{CostModel, PlacementPlan, PlanTarget};
 use moeflow_trace::{CountsTrace, ModelShape, TraceItem};
 use proptest::prelude::*;
@@ -28,6 +30,9 @@ fn input(load: Vec<Vec<f64>>, ranks: usize, redundant: usize) -> PlanInput {
         load,
         pairs: None,
         cost: linear(),
+        // Judged on the loads exactly, so that the evaluator's maximum is the planners' own
+        // criterion.
+        load_noise: LoadNoise::NONE,
         model: None,
         source: Some("random".into()),
     }
@@ -113,6 +118,29 @@ proptest! {
         for name in ["prefill-aware", "traffic-aware"] {
             let m = max_load(&by_name(name).unwrap().plan(&input).unwrap(), &input);
             prop_assert!(m <= eplb * (1.0 + 1e-9) + 1e-6, "{} {} > eplb {}", name, m, eplb);
+        }
+    }
+
+    #[test]
+    fn under_noise_never_worse_than_eplb_in_either_mode((load, n, r) in case()) {
+        // Two nodes and two router groups where the ranks allow, so that EPLB has a
+        // hierarchical mode too.
+        let nodes = (n >= 4).then_some(n / 2);
+        let input = input(load, n, r)
+            .with_load_noise(DEFAULT_LOAD_NOISE)
+            .with_nodes(nodes)
+            .with_groups(2);
+        let crit = |i: &PlanInput, name: &str| {
+            expected_busiest(&input, &by_name(name).unwrap().plan(i).unwrap()).unwrap()
+        };
+        let global = crit(&input.clone().with_nodes(None), "eplb");
+        let auto = crit(&input, "eplb");
+        for name in ["prefill-aware", "traffic-aware"] {
+            let m = crit(&input, name);
+            for l in 0..m.len() {
+                let bound = global[l].min(auto[l]);
+                prop_assert!(m[l] <= bound * (1.0 + 1e-9) + 1e-12, "{} layer {}: {} > {}", name, l, m[l], bound);
+            }
         }
     }
 }

@@ -60,20 +60,46 @@ fn synth_analyze_convert_round_trip() {
 
     // The same seed in two formats gives the same statistics.
     let (ra, rb) = (tmp.path().join("ra"), tmp.path().join("rb"));
-    ok(&["trace", "analyze", s(&tree), "--num-experts", "16", "--out", s(&ra)]);
+    ok(&[
+        "trace",
+        "analyze",
+        s(&tree),
+        "--num-experts",
+        "16",
+        "--out",
+        s(&ra),
+    ]);
     ok(&["trace", "analyze", s(&bin), "--out", s(&rb)]);
     let (a, b) = (report(&ra), report(&rb));
     assert_eq!(a["frequencies"], b["frequencies"]);
     assert!(ra.join("report.md").exists());
-    assert!(std::fs::read_dir(&ra)
+    assert!(std::fs::read_dir(&ra).unwrap().any(|e| e
         .unwrap()
-        .any(|e| e.unwrap().path().extension().is_some_and(|x| x == "svg")));
+        .path()
+        .extension()
+        .is_some_and(|x| x == "svg")));
 
     // Binary -> paper tree -> the same again.
     let back = tmp.path().join("back");
-    ok(&["trace", "convert", s(&bin), "--to", "paper", "--out", s(&back)]);
+    ok(&[
+        "trace",
+        "convert",
+        s(&bin),
+        "--to",
+        "paper",
+        "--out",
+        s(&back),
+    ]);
     let rc = tmp.path().join("rc");
-    ok(&["trace", "analyze", s(&back), "--num-experts", "16", "--out", s(&rc)]);
+    ok(&[
+        "trace",
+        "analyze",
+        s(&back),
+        "--num-experts",
+        "16",
+        "--out",
+        s(&rc),
+    ]);
     assert_eq!(report(&rc)["frequencies"], a["frequencies"]);
 
     let info = ok(&["trace", "info", s(&bin)]);
@@ -86,7 +112,14 @@ fn bad_files_are_skipped_named_and_change_the_exit_status() {
     let tmp = tempfile::tempdir().unwrap();
     let tree = tmp.path().join("tree");
     ok(&[
-        "trace", "synth", "--format", "paper", "--out", s(&tree), "--set", "requests=6",
+        "trace",
+        "synth",
+        "--format",
+        "paper",
+        "--out",
+        s(&tree),
+        "--set",
+        "requests=6",
     ]);
     // Put bad files next to the good ones, in a subject folder of the same model.
     let subject = walk_first_json(&tree)
@@ -160,7 +193,12 @@ fn plans_from_prefill_counts_and_replays_decode() {
     let prefill = std::fs::read_dir(&counts)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("prefill_"))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("prefill_")
+        })
         .expect("a prefill dump");
     let decode = prefill.with_file_name(
         prefill
@@ -200,7 +238,10 @@ fn plans_from_prefill_counts_and_replays_decode() {
     }
     args.extend(["--out", s(&eval_dir)]);
     let table = ok(&args);
-    assert!(table.contains("eplb") && table.contains("traffic-aware"), "{table}");
+    assert!(
+        table.contains("eplb") && table.contains("traffic-aware"),
+        "{table}"
+    );
     let cmp: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(eval_dir.join("comparison.json")).unwrap())
             .unwrap();
@@ -222,7 +263,13 @@ fn plans_from_prefill_counts_and_replays_decode() {
     // A plan for another expert count is refused before anything is replayed.
     let tiny_counts = tmp.path().join("tiny");
     ok(&[
-        "trace", "synth", "--format", "sglang", "--out", s(&tiny_counts), "--set",
+        "trace",
+        "synth",
+        "--format",
+        "sglang",
+        "--out",
+        s(&tiny_counts),
+        "--set",
         "num_experts=8",
     ]);
     let out = moeflow(&[

@@ -34,8 +34,35 @@ impl Planner for Eplb {
     }
 }
 
-/// One layer's EPLB layout for `weight` (per expert).
+/// One layer's EPLB layout for `weight` (per expert), in the mode EPLB itself picks.
 pub(crate) fn eplb_layer(input: &PlanInput, weight: &[f64]) -> Vec<Vec<u32>> {
+    eplb_layout(input, weight, hierarchical(input))
+}
+
+/// EPLB's layouts at this slot budget: the global mode, and the hierarchical one where it
+/// applies (the load-aware planners take both as candidates, so that they are never worse
+/// than EPLB in either mode by their own criterion).
+pub(crate) fn eplb_candidates(input: &PlanInput, weight: &[f64]) -> Vec<Vec<Vec<u32>>> {
+    let mut c = vec![eplb_layout(input, weight, false)];
+    if hierarchical(input) {
+        c.push(eplb_layout(input, weight, true));
+    }
+    c
+}
+
+/// Whether EPLB runs hierarchically on `input`: several nodes, the expert groups divide
+/// over them, and each node's redundant copies fit as distinct experts on its ranks.
+fn hierarchical(input: &PlanInput) -> bool {
+    let (e, n) = (input.target.num_experts, input.num_ranks);
+    let nodes = input.num_nodes();
+    let rpn = n / nodes;
+    nodes > 1
+        && input.num_groups.is_multiple_of(nodes)
+        && input.redundant_per_rank * rpn <= (rpn - 1) * (e / nodes)
+}
+
+/// One layer's EPLB layout in the given mode (`hierarchical` only where it applies).
+fn eplb_layout(input: &PlanInput, weight: &[f64], hierarchical: bool) -> Vec<Vec<u32>> {
     let (e, n, slots) = (
         input.target.num_experts,
         input.num_ranks,
@@ -43,10 +70,6 @@ pub(crate) fn eplb_layer(input: &PlanInput, weight: &[f64]) -> Vec<Vec<u32>> {
     );
     let nodes = input.num_nodes();
     let rpn = n / nodes;
-    let hierarchical = nodes > 1
-        && input.num_groups.is_multiple_of(nodes)
-        // Each node's redundant copies must fit as distinct experts on its ranks.
-        && input.redundant_per_rank * rpn <= (rpn - 1) * (e / nodes);
     let (groups, nodes, rpn) = if hierarchical {
         (input.num_groups, nodes, rpn)
     } else {

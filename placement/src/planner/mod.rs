@@ -9,12 +9,14 @@ mod contiguous;
 mod eplb;
 pub(crate) mod layout;
 mod prefill_aware;
+mod robust;
 mod round_robin;
 mod traffic_aware;
 
 pub use contiguous::Contiguous;
 pub use eplb::Eplb;
 pub use prefill_aware::{PrefillAware, PrefillAwareVariant};
+pub use robust::{load_noise, LoadNoise, DEFAULT_LOAD_NOISE, ROBUST_SAMPLES};
 pub use round_robin::RoundRobin;
 pub use traffic_aware::TrafficAware;
 
@@ -54,6 +56,8 @@ pub enum PlannerError {
     RanksPerNode { ranks_per_node: usize, ranks: usize },
     #[error("num_groups {groups} must be positive and divide the {experts} experts")]
     Groups { groups: usize, experts: usize },
+    #[error("load_noise {value:?} must have finite non-negative group and expert spreads")]
+    LoadNoise { value: LoadNoise },
     #[error("load has layers {got:?}, the model's MoE layers are {want:?}")]
     LoadLayers { got: Vec<usize>, want: Vec<usize> },
     #[error("load of layer {layer} has {got} experts, the model has {want}")]
@@ -112,6 +116,11 @@ pub struct PlanInput {
     /// layout of `moeflow_trace::LayerLoad::pairs`.
     pub pairs: Option<Vec<Vec<u64>>>,
     pub cost: CostModel,
+    /// How far the loads a plan will serve may stray from `load` (see [`LoadNoise`],
+    /// [`load_noise`]). The load-aware planners choose between layouts by the expected
+    /// busiest rank under loads perturbed this much; [`LoadNoise::NONE`] judges layouts on
+    /// `load` exactly.
+    pub load_noise: LoadNoise,
     /// Provenance copied into the plan.
     pub model: Option<String>,
     pub source: Option<String>,
@@ -152,6 +161,7 @@ impl PlanInput {
                 .collect(),
             pairs,
             cost: CostModel::default(),
+            load_noise: DEFAULT_LOAD_NOISE,
             model: None,
             source: None,
             target,
@@ -177,6 +187,11 @@ impl PlanInput {
 
     pub fn with_cost(mut self, cost: CostModel) -> Self {
         self.cost = cost;
+        self
+    }
+
+    pub fn with_load_noise(mut self, load_noise: LoadNoise) -> Self {
+        self.load_noise = load_noise;
         self
     }
 
@@ -241,6 +256,11 @@ impl PlanInput {
             return Err(PlannerError::Groups {
                 groups: self.num_groups,
                 experts: e,
+            });
+        }
+        if !self.load_noise.is_valid() {
+            return Err(PlannerError::LoadNoise {
+                value: self.load_noise,
             });
         }
         if self.load.len() != self.target.moe_layers.len() {
@@ -320,6 +340,28 @@ pub fn by_name(name: &str) -> Result<Box<dyn Planner>, PlannerError> {
     })
 }
 
+/// The criterion the load-aware planners choose layouts by, per MoE layer of `input` (in
+/// `target.moe_layers` order): the busiest rank's modelled cost, averaged over the loads
+/// perturbed by `input.load_noise` (the loads themselves without noise). Fails if `plan`
+/// lacks a layer of the input.
+pub fn expected_busiest(input: &PlanInput, plan: &PlacementPlan) -> Result<Vec<f64>, PlannerError> {
+    input.validate()?;
+    let cost = |x: f64| input.cost.cost(x);
+    input
+        .target
+        .moe_layers
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| {
+            let ranks = plan.layer(l).ok_or_else(|| PlannerError::LoadLayers {
+                got: plan.layers.keys().filter_map(|k| k.parse().ok()).collect(),
+                want: input.target.moe_layers.clone(),
+            })?;
+            Ok(robust::Robust::new(input, i, &cost).score(ranks))
+        })
+        .collect()
+}
+
 /// Builds the plan from one rank layout per MoE layer (`layer_plan(i)` for layer number `i`
 /// of `target.moe_layers`), checks the slot budget and validates it.
 pub(crate) fn assemble(
@@ -395,6 +437,7 @@ pub(crate) mod testutil {
             load,
             pairs: None,
             cost: linear_cost(),
+            load_noise: LoadNoise::NONE,
             model: None,
             source: None,
         }

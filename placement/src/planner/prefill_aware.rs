@@ -1,6 +1,8 @@
 //! The paper's prefill-aware placement (Algorithm 2): Remap and Dup under a roofline cost.
 
-use super::{assemble, layout, PlanInput, Planner, PlannerError};
+use super::robust::Robust;
+use super::{assemble, eplb, layout, PlanInput, Planner, PlannerError};
+
 use crate::PlacementPlan;
 
 /// Which form of Algorithm 2 to run.
@@ -13,13 +15,17 @@ pub enum PrefillAwareVariant {
     /// Dup, as published: the contiguous layout, plus `R` replicas per rank added one at a
     /// time, each the (expert, rank) pair that lowers the maximum rank cost most.
     Dup,
-    /// Whichever of Dup, Remap (with Dup's replicas), and Remap applied to copies (replicas
+    /// Candidates: EPLB's layouts at the same slot budget (global, and hierarchical where
+    /// it applies), Dup, Remap (with Dup's replicas), and Remap applied to copies (replicas
     /// first, each to the expert whose copies cost most, then all copies by cost to the
-    /// least-loaded rank, then the swap search) gives the lowest modelled maximum rank cost
-    /// on the planning data, layer by layer. The paper keeps the contiguous base under Dup;
-    /// a contiguous base keeps whole expert groups together on a rank, which balances the
-    /// planning data but not a shifted workload (on the DeepSeek-V3 counts, decode), so the
-    /// swap search is never applied to it.
+    /// least-loaded rank, spreading router groups, then the swap search). Per layer, the
+    /// best EPLB layout by expected busiest rank under perturbed loads (see
+    /// [`crate::planner::LoadNoise`]) is kept unless another candidate beats it by more than
+    /// twice the standard error of the paired difference over the perturbations. Choosing by
+    /// the exact maximum on the planning data overfits it: the swap search shaves the last
+    /// percent off the prefill maximum with layouts that are worse on decode, and a
+    /// contiguous base keeps whole router groups on a rank, which a group-level shift
+    /// unbalances. By this criterion the result is never worse than EPLB in either mode.
     Auto,
 }
 
@@ -91,12 +97,11 @@ pub(crate) fn layer(input: &PlanInput, i: usize, variant: PrefillAwareVariant) -
     match variant {
         PrefillAwareVariant::Dup => dup_only(),
         PrefillAwareVariant::Remap => remap(),
-        PrefillAwareVariant::Auto => [dup_only(), remap(), remap_copies()]
-            .into_iter()
-            .map(|r| (max_cost(&r, &tokens, &cost), r))
-            .min_by(|x, y| x.0.total_cmp(&y.0))
-            .map(|x| x.1)
-            .unwrap_or_default(),
+        PrefillAwareVariant::Auto => {
+            let robust = Robust::new(input, i, &cost);
+            let eplb = eplb::eplb_candidates(input, &input.load[i]);
+            robust.choose(eplb, vec![dup_only(), remap(), remap_copies()])
+        }
     }
 }
 
@@ -126,7 +131,8 @@ fn replicate_by_cost(
 }
 
 /// The busiest rank's cost.
-pub(crate) fn max_cost(ranks: &[Vec<u32>], tokens: &[f64], cost: &dyn Fn(f64) -> f64) -> f64 {
+#[cfg(test)]
+fn max_cost(ranks: &[Vec<u32>], tokens: &[f64], cost: &dyn Fn(f64) -> f64) -> f64 {
     let copies = layout::copies(ranks, tokens.len());
     layout::rank_loads(ranks, tokens, &copies, cost)
         .into_iter()

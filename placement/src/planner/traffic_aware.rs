@@ -1,15 +1,20 @@
 //! moeflow's own planner: balance first, then traffic, with hot replicas in several nodes.
 
-use super::{assemble, eplb, layout, prefill_aware, PlanInput, Planner, PlannerError};
+use super::robust::Robust;
+use super::{assemble, layout, prefill_aware, PlanInput, Planner, PlannerError};
 use crate::PlacementPlan;
 
 /// Traffic-aware placement.
 ///
-/// 1. Start from the better balanced layout of EPLB and prefill-aware (lowest modelled
-///    busiest-rank cost on the planning data, layer by layer).
-/// 2. Spread replicas: no node may hold every copy of an expert that has several (a hot
-///    expert must survive a node failure and be near more of the tokens); copies are swapped
-///    across nodes with the least change to the busiest rank.
+/// 1. Start from prefill-aware's layout: among EPLB's layouts (global and, with several
+///    nodes, hierarchical) and the paper's, the one with the lowest expected busiest rank
+///    under perturbed loads (see [`crate::planner::LoadNoise`]), EPLB's unless another is
+///    clearly better.
+/// 2. Spread replicas: an expert whose copies all sit on one node gets one copy moved to
+///    another node (a hot expert should survive a node failure and be near more of the
+///    tokens), hottest first, by the slot swap with the lowest expected busiest rank, and
+///    only if that stays within the starting layout's: spreading never costs balance, and an
+///    expert that cannot be spread for free stays where it is.
 /// 3. Local search over slot swaps that lowers `max rank time + lambda * link time`, where
 ///    the link time is that of the expected all-to-all sends per step: a token sends its
 ///    hidden state once per remote destination rank (dispatch and combine), so two experts
@@ -56,23 +61,18 @@ impl TrafficAware {
     fn layer(&self, input: &PlanInput, i: usize) -> Vec<Vec<u32>> {
         let tokens = input.step_tokens(i);
         let cost = |x: f64| input.cost.cost(x);
-        let pa = prefill_aware::layer(input, i, prefill_aware::PrefillAwareVariant::Auto);
-        let ep = eplb::eplb_layer(input, &input.load[i]);
-        let (pa_max, ep_max) = (
-            prefill_aware::max_cost(&pa, &tokens, &cost),
-            prefill_aware::max_cost(&ep, &tokens, &cost),
-        );
-        let mut ranks = if ep_max < pa_max { ep } else { pa };
+        // Prefill-aware's choice already weighs EPLB's layouts (global and hierarchical).
+        let mut ranks = prefill_aware::layer(input, i, prefill_aware::PrefillAwareVariant::Auto);
         let copies = layout::copies(&ranks, tokens.len());
         let item: Vec<f64> = (0..tokens.len())
             .map(|x| layout::copy_cost(x as u32, &tokens, &copies, &cost))
             .collect();
-        let spread_ok = |r: &[Vec<u32>], a: usize, x: u32, b: usize, y: u32| {
-            spread_after_swap(input, r, a, x, b, y)
-        };
         if input.num_nodes() > 1 {
-            spread(input, &mut ranks, &item);
-            layout::refine_max(&mut ranks, &item, &spread_ok);
+            let robust = Robust::new(input, i, &cost);
+            let mut order: Vec<u32> = (0..tokens.len() as u32).collect();
+            order.sort_by(|&a, &b| item[b as usize].total_cmp(&item[a as usize]));
+            let swaps = |r: &[Vec<u32>], x: u32| spread_swaps(input, r, x);
+            robust.swap_within(&mut ranks, &order, &swaps);
         }
         if let Some(pairs) = input.pairs.as_ref().and_then(|p| p.get(i)) {
             let scale = input
@@ -227,57 +227,44 @@ fn spread_after_swap(
     moved(x, a, b) && moved(y, b, a)
 }
 
-/// Moves one copy of every expert whose copies all sit on one node to another node, by the
-/// slot swap that changes the busiest of the two ranks least.
-fn spread(input: &PlanInput, ranks: &mut [Vec<u32>], item: &[f64]) {
+/// The slot swaps that would move one copy of `x` to another node, when all its copies sit
+/// on one node: `(a, i, b, j)`, copy `i` of rank `a` (which is `x`) for copy `j` of rank `b`
+/// on another node, where `b` lacks `x`, `a` lacks the expert coming back, and that expert
+/// stays spread if it was.
+fn spread_swaps(
+    input: &PlanInput,
+    ranks: &[Vec<u32>],
+    x: u32,
+) -> Vec<(usize, usize, usize, usize)> {
+    let hosts = hosts_of(ranks, x);
+    if spread_hosts(input, &hosts) {
+        return Vec::new();
+    }
     let n = ranks.len();
-    let mut loads: Vec<f64> = ranks
-        .iter()
-        .map(|r| r.iter().map(|&x| item[x as usize]).sum())
-        .collect();
-    let mut order: Vec<u32> = (0..item.len() as u32).collect();
-    order.sort_by(|&a, &b| item[b as usize].total_cmp(&item[a as usize]));
-    for x in order {
-        let hosts = hosts_of(ranks, x);
-        if spread_hosts(input, &hosts) {
+    let mut out = Vec::new();
+    for &a in &hosts {
+        let Some(i) = ranks[a].iter().position(|&v| v == x) else {
             continue;
-        }
-        let mut best: Option<(f64, usize, usize, usize)> = None;
-        for &a in &hosts {
-            let i = ranks[a].iter().position(|&v| v == x).unwrap_or(0);
-            for b in (0..n).filter(|&b| input.node_of(b) != input.node_of(a)) {
-                if ranks[b].contains(&x) {
+        };
+        for b in (0..n).filter(|&b| input.node_of(b) != input.node_of(a)) {
+            if ranks[b].contains(&x) {
+                continue;
+            }
+            for (j, &y) in ranks[b].iter().enumerate() {
+                if ranks[a].contains(&y) {
                     continue;
                 }
-                for (j, &y) in ranks[b].iter().enumerate() {
-                    if ranks[a].contains(&y) {
-                        continue;
-                    }
-                    // `y` must stay spread if it was.
-                    let mut hy: Vec<usize> =
-                        hosts_of(ranks, y).into_iter().filter(|&r| r != b).collect();
-                    hy.push(a);
-                    if !spread_hosts(input, &hy) && spread_hosts(input, &hosts_of(ranks, y)) {
-                        continue;
-                    }
-                    let (cx, cy) = (item[x as usize], item[y as usize]);
-                    let worst = (loads[a] - cx + cy).max(loads[b] - cy + cx);
-                    if best.is_none_or(|v| worst < v.0) {
-                        best = Some((worst, a, i, j * n + b));
-                    }
+                let before = hosts_of(ranks, y);
+                let mut after: Vec<usize> = before.iter().copied().filter(|&r| r != b).collect();
+                after.push(a);
+                if spread_hosts(input, &before) && !spread_hosts(input, &after) {
+                    continue;
                 }
+                out.push((a, i, b, j));
             }
         }
-        if let Some((_, a, i, jb)) = best {
-            let (j, b) = (jb / n, jb % n);
-            let y = ranks[b][j];
-            ranks[a][i] = y;
-            ranks[b][j] = x;
-            let d = item[x as usize] - item[y as usize];
-            loads[a] -= d;
-            loads[b] += d;
-        }
     }
+    out
 }
 
 #[cfg(test)]
