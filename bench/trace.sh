@@ -38,5 +38,6 @@ echo "|---|---|---|---|"
 timed raw-read sh -c "find '$TREE' -name '*.json' -print0 | xargs -0 cat > /dev/null"
 timed analyze-frequencies "$BIN" trace analyze "$TREE" --num-experts 256 --threads "$THREADS" \
   --frequencies-only --out "$OUT/frequencies"
-timed analyze-all "$BIN" trace analyze "$TREE" --num-experts 256 --threads "$THREADS" --out "$OUT/all"
-echo "peak memory of analyze-all: see $OUT/analyze-all.log; report: $OUT/all/report.md"
+timed analyze-all /usr/bin/time -f "max RSS %M KB" -o "$OUT/rss.txt" \
+  "$BIN" trace analyze "$TREE" --num-experts 256 --threads "$THREADS" --out "$OUT/all"
+echo "analyze-all: $(cat "$OUT/rss.txt") over $bytes bytes; report: $OUT/all/report.md"

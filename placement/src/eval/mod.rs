@@ -10,7 +10,7 @@
 //!   split evenly between its copies (EPLB's convention); bytes and ranks per token are not
 //!   available from counts.
 //! - Per-token data ([`moeflow_trace::RequestTrace`]): requests are spread over the ranks
-//!   round-robin (attention data-parallel: a request's tokens live on one rank), and every
+//!   by a hash of the request id (attention data-parallel: a request's tokens live on one rank), and every
 //!   selection goes to the replica [`ReplicaSelector`] picks at run time: the token's own
 //!   rank if it hosts the expert, else the copy that has received the fewest tokens from this
 //!   rank in the current step. A step of a rank is a window of `window_tokens` tokens.
@@ -147,7 +147,6 @@ pub struct Evaluator {
     /// Per source rank: per MoE layer, tokens sent to each rank in the current window, and
     /// tokens routed in the window so far.
     window: Vec<(Vec<Vec<usize>>, usize)>,
-    next_rank: usize,
     items: u64,
     per_token: bool,
     aggregate: bool,
@@ -215,21 +214,17 @@ impl Evaluator {
             copies,
             acc: vec![acc; layers],
             window: vec![(vec![vec![0; n]; layers], 0); n],
-            next_rank: 0,
             items: 0,
             per_token: false,
             aggregate: false,
         })
     }
 
-    /// Replays one item; requests go to ranks round-robin in the order they are added.
+    /// Replays one item; a request's tokens live on the rank its id hashes to (FNV-1a), so
+    /// the result does not depend on the order in which threads hand items over.
     pub fn add(&mut self, item: &TraceItem) -> Result<(), EvalError> {
-        let rank = self.next_rank;
-        self.add_at(item, rank)?;
-        if matches!(item, TraceItem::Request(_)) {
-            self.next_rank = (self.next_rank + 1) % self.plan.num_ranks;
-        }
-        Ok(())
+        let rank = fnv1a(item.id().as_bytes()) as usize % self.plan.num_ranks;
+        self.add_at(item, rank)
     }
 
     /// Replays one item with a request's tokens on `rank` (taken modulo the rank count), for
@@ -533,9 +528,9 @@ mod tests {
     fn tokens_follow_the_replica_rule_and_count_bytes() {
         let mut ev = Evaluator::new(&plan(), &shape(), DeviceProfile::h100(), opts()).unwrap();
         // Request 0 on rank 0: token (0, 3) -> 0 local, 3 on rank 1; token (1, 2) all local.
-        ev.add(&request(vec![0, 3, 1, 2])).unwrap();
+        ev.add_at(&request(vec![0, 3, 1, 2]), 0).unwrap();
         // Request 1 on rank 1: token (0, 1) -> 0 local on rank 1, 1 on rank 0.
-        ev.add(&request(vec![0, 1])).unwrap();
+        ev.add_at(&request(vec![0, 1]), 1).unwrap();
         let r = ev.finish();
         let l = &r.layers[0];
         assert_eq!(l.rank_load, vec![4.0, 2.0]);
@@ -638,4 +633,11 @@ mod tests {
             Err(EvalError::RanksPerNode { .. })
         ));
     }
+}
+
+/// FNV-1a, 64-bit: a fixed hash (unlike `std`'s) so that rank assignment is reproducible.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }

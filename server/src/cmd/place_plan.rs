@@ -379,13 +379,15 @@ pub fn compare(a: CompareArgs) -> anyhow::Result<()> {
     if a.oracle {
         let (eval_summary, s) = load_summary(&on, &shape)?;
         skipped += s;
+        // It knows the loads it is judged on: no noise to be robust against.
         let oracle_input = plan_input(
             &a.group,
             &shape,
             &eval_summary.select(a.eval_phase.phase()),
             target,
             source_label(on_paths),
-        )?;
+        )?
+        .with_load_noise(planner::LoadNoise::NONE);
         for name in ["eplb", "prefill-aware"] {
             let plan = planner::by_name(name)?.plan(&oracle_input)?;
             plans.push((format!("{name} (oracle)"), plan));
