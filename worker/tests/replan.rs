@@ -144,6 +144,7 @@ fn a_switch_is_all_ranks_or_none() {
                 prompt: true,
                 sampling: None,
                 sample: true,
+                trace: false,
             }]
         } else {
             Vec::new()
@@ -184,6 +185,7 @@ fn common_reference(prompt: &[u32]) -> Vec<f32> {
                 prompt: true,
                 sampling: None,
                 sample: true,
+                trace: false,
             }],
             return_logits: true,
         })
