@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # The paper's effect end to end (BENCHMARKS.md, "Placement end to end"): MoE computation time
-# per step of the bench preset on 4 CPU ranks, gates replaying DeepSeek-V3 decode expert
-# counts (`--route-replay`, benchmarking only), under every plan in $PLANS.
+# per step of the bench preset on 4 CPU ranks, planned from DeepSeek-V3's PREFILL expert counts
+# and run while the gates replay its DECODE counts (`--route-replay`, benchmarking only): plan
+# from prefill, run decode, as in the paper.
 #
-#   bench/placement_e2e.sh                 # contiguous, lpt, lpt-replicated (bench/placement_plans.py)
-#   PLANS=/dir/with/plans bench/placement_e2e.sh   # e.g. after adding eplb.json, prefill-aware.json,
-#                                                  # traffic-aware.json from `moeflow place plan`
+#   bench/placement_e2e.sh                         # every plan below
+#   ALGOS="contiguous eplb" bench/placement_e2e.sh # a subset
+#
+# Plans: `moeflow trace fold` maps the prefill counts onto the bench model (its MoE layers and
+# experts), then `moeflow place plan --algo A --redundant R` for every algorithm in $ALGOS and
+# R in 0 and 1 (contiguous only with R=0). `moeflow place eval` replays the folded decode counts
+# against every plan (the modelled balance, in $WORK/eval.txt).
 #
 # Per plan: `moeflow serve` (aggregated, 4 decode ranks), the same `moeflow bench` load, then
 # the ranks' EpStats (republished by the router as moeflow:expert_compute_seconds and friends)
@@ -14,9 +19,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-/tmp/bench-qwen3}
-SOURCE=${SOURCE:-/work/shared/data/deepseek-v3-expert-counts/decode_in1000out1000.json}
+DATA=${DATA:-/work/shared/data/deepseek-v3-expert-counts}
+PREFILL=${PREFILL:-$DATA/prefill_in1000out1000.json}
+DECODE=${DECODE:-$DATA/decode_in1000out1000.json}
 WORK=${WORK:-/tmp/placement-e2e}
-PLANS=${PLANS:-$WORK/plans}
+PLANS=$WORK/plans
+ALGOS=${ALGOS:-contiguous eplb prefill-aware traffic-aware}
+RANKS=4
 PROMPTS=${PROMPTS:-48}
 CONC=${CONC:-16}
 IN=${IN:-64}
@@ -27,12 +36,28 @@ export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-1}
 cargo build --release -p moeflow -q
 BIN=${CARGO_TARGET_DIR:-target}/release/moeflow
 [ -d "$MODEL" ] || "$BIN" init-model --arch qwen3_moe --preset bench --out "$MODEL"
-mkdir -p "$WORK"
-[ -d "$PLANS" ] || python3 bench/placement_plans.py "$MODEL" "$SOURCE" 4 "$PLANS"
+mkdir -p "$PLANS"
+# The file names keep the phase labels (SGLang dumps carry them in the name).
+"$BIN" trace fold "$PREFILL" --model "$MODEL" --phase prefill --out "$WORK/prefill_bench.json"
+"$BIN" trace fold "$DECODE" --model "$MODEL" --phase decode --out "$WORK/decode_bench.json"
+for algo in $ALGOS; do
+  for r in 0 1; do
+    [ "$algo" = contiguous ] && [ "$r" = 1 ] && continue
+    name=$algo; [ "$r" = 0 ] || name=$algo-r$r
+    "$BIN" place plan --algo "$algo" --ranks "$RANKS" --redundant "$r" \
+      --from "$WORK/prefill_bench.json" --phase prefill --model "$MODEL" --out "$PLANS/$name.json"
+  done
+done
+# The modelled balance of every plan on the decode counts (`max/mean`: busiest rank's load over
+# the mean; the times assume DeepSeek-V3 experts on an H100 and do not apply to this model).
+for plan in "$PLANS"/*.json; do
+  printf '%-18s %s\n' "$(basename "$plan" .json)" \
+    "$("$BIN" place eval --plan "$plan" --on "$WORK/decode_bench.json" --phase decode | sed -n 2p)"
+done > "$WORK/eval.txt"
 for plan in "$PLANS"/*.json; do
   name=$(basename "$plan" .json)
-  MOEFLOW_LOG=warn "$BIN" serve --model "$MODEL" --prefill-workers 0 --decode-workers 4 \
-    --decode-placement "$plan" --route-replay "$SOURCE" --port "$PORT" --grpc-port "$GRPC" \
+  MOEFLOW_LOG=warn "$BIN" serve --model "$MODEL" --prefill-workers 0 --decode-workers "$RANKS" \
+    --decode-placement "$plan" --route-replay "$DECODE" --port "$PORT" --grpc-port "$GRPC" \
     > "$WORK/$name.serve.log" 2>&1 &
   pid=$!
   until curl -sf "http://127.0.0.1:$PORT/health" > /dev/null; do sleep 1; done

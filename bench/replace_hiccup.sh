@@ -17,7 +17,12 @@ cargo build --release -p moeflow -q
 BIN=${CARGO_TARGET_DIR:-target}/release/moeflow
 [ -d "$MODEL" ] || "$BIN" init-model --arch qwen3_moe --preset bench --out "$MODEL"
 mkdir -p "$WORK"
-python3 bench/placement_plans.py "$MODEL" "$SOURCE" 4 "$WORK/plans" > /dev/null
+mkdir -p "$WORK/plans"
+# A balanced plan for the replayed counts: EPLB on them, folded onto the bench model.
+"$BIN" trace fold "$SOURCE" --model "$MODEL" --phase decode --out "$WORK/decode_bench.json" \
+  > /dev/null
+"$BIN" place plan --algo eplb --ranks 4 --from "$WORK/decode_bench.json" --phase all \
+  --model "$MODEL" --out "$WORK/plans/eplb.json" > /dev/null
 MOEFLOW_LOG=info "$BIN" serve --model "$MODEL" --prefill-workers 0 --decode-workers 4 \
   --route-replay "$SOURCE" --port "$PORT" --grpc-port "$GRPC" > "$WORK/serve.log" 2>&1 &
 pid=$!
@@ -31,7 +36,7 @@ python3 bench/step_probe.py "http://127.0.0.1:$PORT" 600 > "$WORK/probe.json" &
 probe=$!
 sleep "$DELAY"
 t0=$(date +%s.%N)
-"$BIN" place apply --plan "$WORK/plans/lpt.json" --group decode --addr "127.0.0.1:$GRPC" \
+"$BIN" place apply --plan "$WORK/plans/eplb.json" --group decode --addr "127.0.0.1:$GRPC" \
   | tee "$WORK/apply.json"
 t1=$(date +%s.%N)
 wait "$bench" "$probe"

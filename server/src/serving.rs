@@ -9,7 +9,7 @@ use anyhow::Context;
 use moeflow_frontend::{grpc_service, http_app, serve_http, FrontendState};
 use moeflow_router::admin::AdminService;
 use moeflow_router::api::{ModelInfo, SharedBackend};
-use moeflow_router::rebalance::{spawn_rebalancer, GreedyBalance, RebalanceConfig};
+use moeflow_router::rebalance::{spawn_rebalancer, RebalanceConfig};
 use moeflow_router::trace::{TraceRecorder, TraceSampler};
 use moeflow_router::{Scheduler, SchedulerConfig, WorkerGroup};
 use moeflow_worker::config::ModelConfig;
@@ -68,6 +68,11 @@ pub struct RebalanceArgs {
     /// Minimum modelled gain (busiest-rank load, old over new, minus 1) worth a switch.
     #[arg(long, default_value_t = 0.05)]
     pub rebalance_threshold: f64,
+    /// Planner that makes the new plan from the window's loads (`moeflow place plan --algo`
+    /// names: eplb, prefill-aware, traffic-aware, ...). EPLB balances exactly the token load
+    /// the gain is judged by; the new plan keeps the current one's slots per rank.
+    #[arg(long, default_value = "eplb")]
+    pub rebalance_algo: String,
 }
 
 /// The served model's facts and tokenizer.
@@ -137,6 +142,7 @@ pub async fn serve_until_signal(
     trace: Option<TraceRecorder>,
 ) -> anyhow::Result<()> {
     let name = info.id.clone();
+    let top_k = info.experts_per_token;
     let (np, nd) = (
         prefill.as_ref().map_or(0, WorkerGroup::world_size),
         decode.world_size(),
@@ -162,19 +168,23 @@ pub async fn serve_until_signal(
     let poller = moeflow_router::stats::spawn_stats_poller(watched, Duration::from_secs(5));
     let rebalancer = match args.rebalance.rebalance_every {
         Some(secs) if secs > 0.0 && secs.is_finite() => {
+            let planner = moeflow_placement::planner::by_name(&args.rebalance.rebalance_algo)
+                .context("--rebalance-algo")?;
             tracing::info!(
                 every_s = secs,
                 threshold = args.rebalance.rebalance_threshold,
+                planner = planner.name(),
                 "rebalancing the decode group"
             );
             Some(spawn_rebalancer(
                 scheduler.clone(),
                 decode.clone(),
-                Arc::new(GreedyBalance),
+                Arc::from(planner),
                 RebalanceConfig {
                     every: Duration::from_secs_f64(secs),
                     threshold: args.rebalance.rebalance_threshold,
                     group: "decode".into(),
+                    top_k: top_k as usize,
                 },
             ))
         }

@@ -10,9 +10,12 @@
 //!
 //! [`analysis`] computes the paper's observations from any mix of sources (its module doc
 //! lists which statistics need per-token data); [`synth`] generates seeded traces whose skew,
-//! correlations, co-activation, phase drift and workload mix are set by knobs.
+//! correlations, co-activation, phase drift and workload mix are set by knobs. [`fold`] maps
+//! one model's expert counts onto another model's shape (a small model replaying or planning
+//! for a large one's load).
 
 pub mod analysis;
+pub mod fold;
 pub mod io;
 mod load;
 mod model;
@@ -20,6 +23,7 @@ pub mod source;
 pub mod synth;
 
 pub use analysis::{write_report, AnalysisError, AnalysisReport, Analyzer, AnalyzerConfig};
+pub use fold::{fold_counts, FoldError};
 pub use io::binary::{BinaryReader, BinaryWriter, RawBlock};
 pub use io::paper::{PaperTreeWriter, PaperWrite};
 pub use io::{FormatError, WriteError};

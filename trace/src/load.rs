@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ModelShape, Phase, TraceItem, TraceModelError, MISSING_EXPERT};
+use crate::model::{CountsTrace, ModelShape, Phase, TraceItem, TraceModelError, MISSING_EXPERT};
 
 /// Loads of one MoE layer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,6 +102,22 @@ impl PhaseLoad {
         }
         self.per_token |= other.per_token;
         self.aggregate |= other.aggregate;
+    }
+
+    /// The load as one aggregate item over `num_layers` layers (what an SGLang dump holds):
+    /// how per-token sources and many count items become one count distribution.
+    pub fn to_counts(&self, num_layers: usize, id: String, phase: Option<Phase>) -> CountsTrace {
+        let mut counts =
+            vec![None; num_layers.max(self.layers.iter().map(|l| l.layer + 1).max().unwrap_or(0))];
+        for l in &self.layers {
+            counts[l.layer] = Some(l.counts.clone());
+        }
+        CountsTrace {
+            id,
+            workload: None,
+            phase,
+            counts,
+        }
     }
 }
 
@@ -226,7 +242,7 @@ impl LoadSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{CountsTrace, Iteration, LayerRouting, RequestTrace};
+    use crate::model::{Iteration, LayerRouting, RequestTrace};
 
     fn shape() -> ModelShape {
         ModelShape {
@@ -303,6 +319,8 @@ mod tests {
         assert_eq!(all.layer(1).unwrap().counts, vec![3, 2, 2, 2]);
         assert!(all.aggregate && all.per_token && !all.has_pairs());
         assert!(s.select(Some(Phase::Prefill)).has_pairs());
+        let c = all.to_counts(2, "all".into(), None);
+        assert_eq!(c.counts, vec![None, Some(vec![3, 2, 2, 2])]);
 
         let bad = TraceItem::Counts(CountsTrace {
             id: "b".into(),

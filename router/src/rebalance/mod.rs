@@ -1,36 +1,32 @@
 //! Periodic re-placement of the decode group (`moeflow serve --rebalance-every`).
 //!
 //! Every period the rebalancer reads how many tokens each (layer, expert) computed in the
-//! last window (the ranks' `EpStats`, summed over ranks), asks a [`Planner`] for a plan for
-//! that load, relabels the new plan's ranks so that it moves as few experts as possible
-//! ([`relabel`]), and applies it only when the modelled gain ([`cost`]: per layer the busiest
-//! rank's load, summed over layers) is above a threshold.
+//! last window (the ranks' `EpStats`, summed over ranks), turns the window into the trace
+//! model's counts ([`window::to_trace`]), asks one of the placement crate's planners
+//! ([`moeflow_placement::planner::by_name`]) for a plan with the current plan's slots per rank,
+//! relabels the new plan's ranks so that it moves as few experts as possible ([`relabel`]),
+//! and applies it only when the modelled gain (the placement crate's evaluator replaying the
+//! window: per layer the busiest rank's load, summed over layers, see [`gain`]) is above a
+//! threshold.
 
-mod cost;
-mod greedy;
+mod gain;
 mod relabel;
 mod window;
 
-pub use cost::{cost, modelled_gain, moved_experts};
-pub use greedy::GreedyBalance;
-pub use relabel::relabel;
-pub use window::{read_counts, ExpertLoads};
+pub use gain::{busiest_load, modelled_gain};
+pub use relabel::{moved_experts, relabel};
+pub use window::{read_counts, to_trace, ExpertLoads};
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use moeflow_placement::PlacementPlan;
+use moeflow_placement::eval::EvalError;
+use moeflow_placement::planner::{PlanInput, Planner, PlannerError};
+use moeflow_placement::{PlacementPlan, PlanError, PlanTarget};
+use moeflow_trace::{LoadSummary, ModelShape, TraceModelError};
 
 use crate::group::WorkerGroup;
 use crate::scheduler::Scheduler;
-
-/// Makes a plan for an observed load. The placement crate's planners implement this shape
-/// (`moeflow_placement::planner::by_name`) once they land; until then callers pass their own.
-pub trait Planner: Send + Sync {
-    fn name(&self) -> &str;
-    /// A plan with `current.num_ranks` ranks for the layers and experts of `current`.
-    fn plan(&self, loads: &ExpertLoads, current: &PlacementPlan) -> Result<PlacementPlan, String>;
-}
 
 /// When to re-plan and when a new plan is worth moving experts for.
 #[derive(Debug, Clone)]
@@ -40,6 +36,22 @@ pub struct RebalanceConfig {
     pub threshold: f64,
     /// The group to rebalance (`decode`).
     pub group: String,
+    /// Experts each token selects (the model's top-k): the planners' cost model scales counts
+    /// to per-step tokens with it.
+    pub top_k: usize,
+}
+
+/// Why a window could not be planned for. Names the plan, the window or the planner.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RebalanceError {
+    #[error("the group's current plan: {0}")]
+    Plan(#[from] PlanError),
+    #[error("the window's expert loads do not fit the current plan's model: {0}")]
+    Window(#[from] TraceModelError),
+    #[error("planning: {0}")]
+    Planner(#[from] PlannerError),
+    #[error("modelling the gain: {0}")]
+    Eval(#[from] EvalError),
 }
 
 /// What one look at the window decided.
@@ -57,22 +69,64 @@ pub enum Decision {
     },
 }
 
-/// Plans for `loads`, relabels for the fewest moves and compares with `current`.
+/// The model the current plan is for: its MoE layers and experts, and `top_k`.
+fn shape_of(current: &PlacementPlan, top_k: usize) -> Result<ModelShape, PlanError> {
+    let moe_layers = current.layer_indices()?;
+    Ok(ModelShape {
+        model: current.model.clone(),
+        num_layers: moe_layers.last().map_or(0, |&l| l + 1),
+        num_experts: current.num_experts,
+        top_k,
+        moe_layers,
+    })
+}
+
+/// Redundant slots per rank of the current plan (its `slots_per_rank`, else its fullest
+/// rank, minus `E/N`), so that the new plan fits the memory the ranks already use.
+fn redundant_slots(current: &PlacementPlan) -> usize {
+    let slots = current.slots_per_rank.unwrap_or_else(|| {
+        current
+            .layers
+            .values()
+            .flat_map(|ranks| ranks.iter().map(Vec::len))
+            .max()
+            .unwrap_or(0)
+    });
+    slots.saturating_sub(current.num_experts / current.num_ranks.max(1))
+}
+
+/// Plans for the `window` loads with `planner` (same ranks and slots per rank as `current`;
+/// the planners need the expert count to divide by the rank count), relabels for the fewest
+/// moves and compares with `current` by the evaluator's busiest-rank load.
 pub fn decide(
     planner: &dyn Planner,
-    loads: &ExpertLoads,
+    window: &ExpertLoads,
     current: &PlacementPlan,
+    top_k: usize,
     threshold: f64,
-) -> Result<Decision, String> {
-    if loads.values().all(|v| v.iter().all(|&c| c == 0)) {
+) -> Result<Decision, RebalanceError> {
+    if window.values().all(|v| v.iter().all(|&c| c == 0)) {
         return Ok(Decision::Idle);
     }
-    let candidate = planner.plan(loads, current)?;
-    candidate
-        .validate()
-        .map_err(|e| format!("planner {}: {e}", planner.name()))?;
+    let shape = shape_of(current, top_k)?;
+    let item = window::to_trace(window, &shape);
+    let mut load = LoadSummary::new(shape.clone(), false);
+    load.add(&item)?;
+    let target = PlanTarget {
+        num_experts: shape.num_experts,
+        moe_layers: shape.moe_layers.clone(),
+    };
+    let input = PlanInput::from_load(
+        target,
+        &load.unphased,
+        current.num_ranks,
+        redundant_slots(current),
+    )?
+    .with_top_k(top_k.max(1))
+    .with_source(current.model.clone(), Some("rebalance window".into()));
+    let candidate = planner.plan(&input)?;
     let plan = relabel(&candidate, current);
-    let gain = modelled_gain(current, &plan, loads);
+    let gain = modelled_gain(current, &plan, &shape, &item)?;
     if gain <= threshold {
         return Ok(Decision::Keep { gain });
     }
@@ -118,7 +172,13 @@ pub fn spawn_rebalancer(
                     continue;
                 }
             };
-            match decide(planner.as_ref(), &window, &current, cfg.threshold) {
+            match decide(
+                planner.as_ref(),
+                &window,
+                &current,
+                cfg.top_k,
+                cfg.threshold,
+            ) {
                 Ok(Decision::Idle) => {}
                 Ok(Decision::Keep { gain }) => {
                     tracing::info!(
@@ -156,34 +216,89 @@ pub fn spawn_rebalancer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use moeflow_placement::PlanTarget;
+    use moeflow_placement::planner::{by_name, NAMES};
+
+    fn contiguous(e: usize, n: usize) -> PlacementPlan {
+        let target = PlanTarget {
+            num_experts: e,
+            moe_layers: vec![0],
+        };
+        PlacementPlan::contiguous(&target, n).unwrap()
+    }
 
     #[test]
     fn applies_only_above_the_threshold() {
-        let target = PlanTarget {
-            num_experts: 4,
-            moe_layers: vec![0],
-        };
-        let current = PlacementPlan::contiguous(&target, 2).unwrap();
+        let eplb = by_name("eplb").unwrap();
+        let current = contiguous(4, 2);
         // Experts 0 and 1 are hot and both on rank 0.
         let skewed: ExpertLoads = [(0, vec![50, 50, 1, 1])].into_iter().collect();
-        let d = decide(&GreedyBalance, &skewed, &current, 0.05).unwrap();
+        let d = decide(eplb.as_ref(), &skewed, &current, 2, 0.05).unwrap();
         let Decision::Apply { plan, gain, moved } = d else {
             panic!("{d:?}")
         };
         assert!(gain > 0.9, "{gain}");
+        assert_eq!(plan.algorithm.as_deref(), Some("eplb"));
         // One hot expert stays on rank 0; moving one expert each way is the minimum.
         assert_eq!(moved, 2);
         assert!(plan.hosts(0, 0, 0) || plan.hosts(0, 0, 1));
         let even: ExpertLoads = [(0, vec![10, 10, 10, 10])].into_iter().collect();
         assert!(matches!(
-            decide(&GreedyBalance, &even, &current, 0.05).unwrap(),
+            decide(eplb.as_ref(), &even, &current, 2, 0.05).unwrap(),
             Decision::Keep { .. }
         ));
         let idle: ExpertLoads = [(0, vec![0; 4])].into_iter().collect();
         assert_eq!(
-            decide(&GreedyBalance, &idle, &current, 0.05).unwrap(),
+            decide(eplb.as_ref(), &idle, &current, 2, 0.05).unwrap(),
             Decision::Idle
         );
+    }
+
+    #[test]
+    fn every_planner_keeps_the_slots_of_the_current_plan() {
+        // 8 experts over 2 ranks with one redundant slot each: 5 experts per rank.
+        let mut current = contiguous(8, 2);
+        current.slots_per_rank = Some(5);
+        current
+            .layers
+            .insert("0".into(), vec![vec![0, 1, 2, 3, 4], vec![3, 4, 5, 6, 7]]);
+        current.validate().unwrap();
+        let skewed: ExpertLoads = [(0, vec![90, 80, 70, 60, 1, 1, 1, 1])]
+            .into_iter()
+            .collect();
+        for &name in NAMES {
+            let planner = by_name(name).unwrap();
+            let d = decide(planner.as_ref(), &skewed, &current, 2, -1.0).unwrap();
+            let Decision::Apply { plan, .. } = d else {
+                panic!("{name}: {d:?}")
+            };
+            plan.validate().unwrap();
+            for ranks in plan.layers.values() {
+                assert!(ranks.iter().all(|r| r.len() == 5), "{name}: {ranks:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_windows_and_plans_are_named() {
+        let eplb = by_name("eplb").unwrap();
+        let wide: ExpertLoads = [(0, vec![1; 5])].into_iter().collect();
+        let err = decide(eplb.as_ref(), &wide, &contiguous(4, 2), 2, 0.05).unwrap_err();
+        assert!(matches!(
+            err,
+            RebalanceError::Window(TraceModelError::CountsWidth { got: 5, .. })
+        ));
+        let other_layer: ExpertLoads = [(3, vec![1; 4])].into_iter().collect();
+        let err = decide(eplb.as_ref(), &other_layer, &contiguous(4, 2), 2, 0.05).unwrap_err();
+        assert!(err.to_string().contains("layer 3"), "{err}");
+        // 6 experts over 4 ranks: the planners refuse, naming both counts.
+        let odd: ExpertLoads = [(0, vec![9, 1, 1, 1, 1, 1])].into_iter().collect();
+        let err = decide(eplb.as_ref(), &odd, &contiguous(6, 4), 2, 0.05).unwrap_err();
+        assert!(matches!(
+            err,
+            RebalanceError::Planner(PlannerError::Indivisible {
+                experts: 6,
+                ranks: 4
+            })
+        ));
     }
 }

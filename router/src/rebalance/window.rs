@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use moeflow_trace::{CountsTrace, ModelShape, TraceItem};
 use serde_json::Value;
 
 use crate::group::{GroupError, WorkerGroup};
@@ -64,6 +65,27 @@ pub fn difference(now: &ExpertLoads, prev: &ExpertLoads) -> ExpertLoads {
             (*l, d)
         })
         .collect()
+}
+
+/// The window in the trace model, as one unphased [`CountsTrace`] over `shape`'s layers, so
+/// that the planners and the evaluator read it like any recorded count dump. Not checked here:
+/// consumers validate it against `shape` (a layer or width the model lacks is named there).
+pub fn to_trace(window: &ExpertLoads, shape: &ModelShape) -> TraceItem {
+    let len = window
+        .keys()
+        .next_back()
+        .map_or(0, |&l| l + 1)
+        .max(shape.num_layers);
+    let mut counts = vec![None; len];
+    for (&layer, c) in window {
+        counts[layer] = Some(c.clone());
+    }
+    TraceItem::Counts(CountsTrace {
+        id: "rebalance window".into(),
+        workload: None,
+        phase: None,
+        counts,
+    })
 }
 
 #[cfg(test)]

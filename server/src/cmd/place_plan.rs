@@ -22,7 +22,7 @@ pub enum PhaseArg {
 }
 
 impl PhaseArg {
-    fn phase(self) -> Option<Phase> {
+    pub fn phase(self) -> Option<Phase> {
         match self {
             PhaseArg::Prefill => Some(Phase::Prefill),
             PhaseArg::Decode => Some(Phase::Decode),

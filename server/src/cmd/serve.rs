@@ -42,8 +42,9 @@ pub struct Args {
     #[arg(long, default_value = "")]
     worker_args: String,
     /// BENCHMARKING ONLY: every worker's gates select experts by sampling this expert-count
-    /// distribution (SGLang `logical_count` JSON), to show real load skew on a small model
-    /// (see `moeflow worker --route-replay`). Generated text is then meaningless.
+    /// distribution (any trace source, folded onto the model: see `moeflow worker
+    /// --route-replay`), to show real load skew on a small model. Generated text is then
+    /// meaningless.
     #[arg(long)]
     route_replay: Option<PathBuf>,
     #[command(flatten)]

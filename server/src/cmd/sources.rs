@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use moeflow_trace::{ModelShape, ReadOptions, ReadReport, Source};
+use moeflow_trace::{CountsTrace, LoadSummary, ModelShape, Phase, ReadOptions, ReadReport, Source};
 
 /// Exit status of a run that finished but skipped bad files or sources.
 pub const EXIT_SKIPPED: i32 = 3;
@@ -128,6 +128,54 @@ pub fn fold_all<A: Send + Clone>(
         skipped += report_skipped(s.path(), &report);
     }
     Ok((total, items, bytes, skipped))
+}
+
+/// Every item of `sources` in `phase` (every phase when `None`), merged into one count
+/// distribution (per-token items counted per (layer, expert)) and folded onto `target` by
+/// `moeflow_trace::fold`'s rules. Returns the folded counts and the number of skipped files.
+pub fn folded_counts(
+    sources: &[Source],
+    phase: Option<Phase>,
+    target: &ModelShape,
+) -> anyhow::Result<(CountsTrace, usize)> {
+    let shape = common_shape(sources)?;
+    let (summary, _, _, skipped) = fold_all(
+        sources,
+        || LoadSummary::new(shape.clone(), false),
+        |s, item| {
+            // The source validated the item against this shape already.
+            let _ = s.add(&item);
+        },
+        |t, p| {
+            t.merge(p);
+            Ok(())
+        },
+    )?;
+    let load = summary.select(phase);
+    let names: Vec<String> = sources
+        .iter()
+        .map(|s| s.path().display().to_string())
+        .collect();
+    if load.is_empty() {
+        bail!(
+            "{} has no selections in {} (SGLang dumps take their phase from the file name: prefill_*, decode_*)",
+            names.join(", "),
+            phase.map_or("any phase".to_string(), |p| format!("the {p} phase"))
+        );
+    }
+    let merged = load.to_counts(shape.num_layers, names.join(" + "), phase);
+    let folded = moeflow_trace::fold_counts(&merged, &shape, target).with_context(|| {
+        format!(
+            "folding {} ({} layers, {} experts) onto {} MoE layers of {} experts{}",
+            names.join(", "),
+            shape.moe_layers.len(),
+            shape.num_experts,
+            target.moe_layers.len(),
+            target.num_experts,
+            phase.map_or(String::new(), |p| format!(", {p} phase")),
+        )
+    })?;
+    Ok((folded, skipped))
 }
 
 /// Ends the process with [`EXIT_SKIPPED`] when anything was skipped, after saying so: the

@@ -10,10 +10,11 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use moeflow_trace::io::{jsonl, sglang};
 use moeflow_trace::{
-    Analyzer, AnalyzerConfig, BinaryWriter, ModelShape, PaperTreeWriter, RequestTrace, SynthConfig,
-    SynthGenerator, TraceItem,
+    Analyzer, AnalyzerConfig, BinaryWriter, ModelShape, PaperTreeWriter, Phase, RequestTrace,
+    SynthConfig, SynthGenerator, TraceItem,
 };
 
+use super::place_plan::PhaseArg;
 use super::sources::{self, exit_if_skipped, SourceArgs};
 
 #[derive(Debug, clap::Args)]
@@ -32,6 +33,10 @@ pub enum TraceCommand {
     Convert(ConvertArgs),
     /// Print a source's format and model shape (and where each part of the shape came from).
     Info(InfoArgs),
+    /// Fold a large model's expert counts onto a (small) checkpoint's layers and experts and
+    /// write them as an SGLang count dump: input for `moeflow place plan --from` and for
+    /// `--route-replay`. Rules: `moeflow_trace::fold`.
+    Fold(FoldArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -111,12 +116,33 @@ pub struct InfoArgs {
     pub source_args: SourceArgs,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct FoldArgs {
+    /// Trace sources (any format; several are merged). Per-token data is counted per
+    /// (layer, expert).
+    #[arg(required = true)]
+    pub sources: Vec<PathBuf>,
+    /// The checkpoint to fold onto (its MoE layers and expert count).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The folded counts, an SGLang dump. SGLang dumps carry their phase in the file name:
+    /// name it `prefill_<x>.json` or `decode_<x>.json` to keep the phase label.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Which phase of the sources to fold (`all` merges every phase).
+    #[arg(long, value_enum, default_value = "all")]
+    pub phase: PhaseArg,
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         TraceCommand::Analyze(a) => analyze(a),
         TraceCommand::Synth(a) => synth(a),
         TraceCommand::Convert(a) => convert(a),
         TraceCommand::Info(a) => info(a),
+        TraceCommand::Fold(a) => fold(a),
     }
 }
 
@@ -403,16 +429,8 @@ fn convert(a: ConvertArgs) -> anyhow::Result<()> {
                 if load.is_empty() {
                     continue;
                 }
-                let mut counts = vec![None; shape.num_layers];
-                for l in &load.layers {
-                    counts[l.layer] = Some(l.counts.clone());
-                }
-                let c = moeflow_trace::CountsTrace {
-                    id: workload.clone(),
-                    workload: Some(workload.clone()),
-                    phase: None,
-                    counts,
-                };
+                let mut c = load.to_counts(shape.num_layers, workload.clone(), None);
+                c.workload = Some(workload.clone());
                 let path = a
                     .out
                     .join(format!("{name}_{}.json", workload.replace('/', "_")));
@@ -475,6 +493,57 @@ fn info(a: InfoArgs) -> anyhow::Result<()> {
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
+}
+
+fn fold(a: FoldArgs) -> anyhow::Result<()> {
+    let m = moeflow_worker::config::ModelConfig::from_dir(&a.model)
+        .with_context(|| format!("--model {}", a.model.display()))?
+        .shape();
+    let target = ModelShape {
+        model: Some(a.model.display().to_string()),
+        num_layers: m.num_layers,
+        num_experts: m.num_experts,
+        top_k: m.experts_per_token,
+        moe_layers: m.moe_layers,
+    };
+    let srcs = sources::open_all(&a.sources, &a.source)?;
+    let phase = a.phase.phase();
+    let (folded, skipped) = sources::folded_counts(&srcs, phase, &target)?;
+    std::fs::write(
+        &a.out,
+        sglang::render(&folded, target.num_layers, target.num_experts),
+    )
+    .with_context(|| format!("writing {}", a.out.display()))?;
+    let stem = a
+        .out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let (labelled, _) = sglang::labels_from_stem(&stem);
+    if labelled != phase {
+        eprintln!(
+            "note: {} will read as {} data (SGLang dumps carry their phase in the file name: prefill_*.json, decode_*.json)",
+            a.out.display(),
+            labelled.map_or("unphased", Phase::as_str)
+        );
+    }
+    println!(
+        "folded {} ({}) onto {} MoE layers of {} experts: {}",
+        source_label(&a.sources),
+        phase.map_or("all phases", Phase::as_str),
+        target.moe_layers.len(),
+        target.num_experts,
+        a.out.display()
+    );
+    exit_if_skipped(skipped)
+}
+
+fn source_label(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]

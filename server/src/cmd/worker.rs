@@ -90,8 +90,10 @@ pub struct Args {
     #[arg(long, default_value_t = 8192)]
     pub kv_blocks: usize,
     /// BENCHMARKING ONLY: the gates select experts by sampling an expert-count distribution
-    /// (SGLang `{"logical_count": [[...]]}` JSON) instead of by their scores, to show the
-    /// load skew of real traffic on a small model. Outputs are then meaningless.
+    /// instead of by their scores, to show the load skew of real traffic on a small model.
+    /// Any trace source `moeflow trace` reads (an SGLang `logical_count` dump, a JSONL log,
+    /// a paper tree, a binary trace), all phases merged and folded onto this model (`moeflow
+    /// trace fold`'s rules). Outputs are then meaningless.
     #[arg(long)]
     pub route_replay: Option<PathBuf>,
     /// Seed of `--route-replay`'s draws (every rank of a group must use the same).
@@ -209,13 +211,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         },
     )?;
     if let Some(src) = &args.route_replay {
-        let replay = RouteReplay::from_file(
-            src,
-            &shape.moe_layers,
-            shape.num_experts,
-            shape.experts_per_token,
-            args.route_replay_seed,
-        )?;
+        let opts = moeflow_trace::ReadOptions {
+            threads: 1,
+            progress: false,
+            ..moeflow_trace::ReadOptions::default()
+        };
+        let source = moeflow_trace::open(src, &opts)
+            .with_context(|| format!("--route-replay {}", src.display()))?;
+        let target = moeflow_trace::ModelShape {
+            model: None,
+            num_layers: shape.num_layers,
+            num_experts: shape.num_experts,
+            top_k: shape.experts_per_token,
+            moe_layers: shape.moe_layers.clone(),
+        };
+        let (counts, skipped) =
+            super::sources::folded_counts(std::slice::from_ref(&source), None, &target)
+                .with_context(|| format!("--route-replay {}", src.display()))?;
+        if skipped > 0 {
+            bail!(
+                "--route-replay {}: {skipped} file(s) skipped (see above)",
+                src.display()
+            );
+        }
+        let replay = RouteReplay::new(&counts, shape.experts_per_token, args.route_replay_seed)
+            .with_context(|| format!("--route-replay {}", src.display()))?;
         tracing::warn!(source = %src.display(), "route replay is on: gates follow the recorded distribution (benchmarking only)");
         model.set_route_replay(Some(std::sync::Arc::new(replay)));
     }

@@ -11,53 +11,29 @@
 //! Draws are reproducible: each token's random stream is seeded by (seed, layer, token id,
 //! position), which do not depend on how requests were batched or which rank ran them.
 //!
-//! Folding a source onto a smaller model: the source's MoE layers are its rows with any
-//! count (DeepSeek-V3's three dense layers are all zero). Model MoE layer `i` of `M` takes
-//! source MoE row `i * S / M`. Model expert `e` of `E` takes the summed counts of the source
-//! experts `e * Es / E .. (e + 1) * Es / E` (a contiguous block). A source with fewer experts
-//! than the model is refused.
+//! The counts come already folded onto the model (see `moeflow_trace::fold`: any trace source,
+//! merged into one count distribution and mapped onto this model's MoE layers and experts).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+
+use moeflow_trace::CountsTrace;
 
 use super::Routing;
 
-/// Why a count source cannot drive the gates.
+/// Why a count distribution cannot drive the gates.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ReplayError {
-    #[error("{path}: {msg}")]
-    Read { path: String, msg: String },
-    #[error("{path}: `logical_count` has no layer with any count")]
-    Empty { path: String },
-    #[error("{path}: layer row {row} has {got} experts, row 0 has {want}")]
-    Ragged {
-        path: String,
-        row: usize,
-        got: usize,
-        want: usize,
-    },
-    #[error("{path}: the source has {source_experts} experts per layer, fewer than the model's {model} (experts can be folded, not invented)")]
-    TooFewExperts {
-        path: String,
-        source_experts: usize,
-        model: usize,
-    },
-    #[error("{path}: model layer {layer} gets {nonzero} experts with counts, top-k is {top_k}")]
+    #[error("the counts have no layer with any count")]
+    Empty,
+    #[error("layer {layer} has {nonzero} experts with counts, top-k is {top_k} (a token selects {top_k} distinct experts)")]
     TooFewHot {
-        path: String,
         layer: usize,
         nonzero: usize,
         top_k: usize,
     },
-    #[error("{path}: count {value} in layer row {row} is negative or not a number")]
-    BadCount {
-        path: String,
-        row: usize,
-        value: f64,
-    },
 }
 
-/// Per-layer expert distributions folded onto a model, and the sampling rule.
+/// Per-layer expert distributions of a model, and the sampling rule.
 #[derive(Debug, Clone)]
 pub struct RouteReplay {
     /// Model layer → count per model expert.
@@ -65,95 +41,29 @@ pub struct RouteReplay {
     seed: u64,
 }
 
-/// The SGLang expert-count dump: `{"logical_count": [[count per expert] per layer]}`.
-#[derive(serde::Deserialize)]
-struct CountsFile {
-    logical_count: Vec<Vec<f64>>,
-}
-
 impl RouteReplay {
-    /// Reads an SGLang count JSON and folds it onto the model's MoE layers and experts.
-    ///
-    /// Parses the file itself for now; once the trace readers land this becomes a call to
-    /// `moeflow_trace::source`.
-    pub fn from_file(
-        path: &Path,
-        moe_layers: &[usize],
-        num_experts: usize,
-        top_k: usize,
-        seed: u64,
-    ) -> Result<Self, ReplayError> {
-        let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ReplayError::Read {
-            path: p.clone(),
-            msg: e.to_string(),
-        })?;
-        let f: CountsFile = serde_json::from_str(&text).map_err(|e| ReplayError::Read {
-            path: p.clone(),
-            msg: format!("not an expert-count JSON ({{\"logical_count\": [[...]]}}): {e}"),
-        })?;
-        Self::from_counts(&p, &f.logical_count, moe_layers, num_experts, top_k, seed)
-    }
-
-    /// Folds `counts` (`[layer][expert]`, as the source recorded them) onto the model.
-    /// `name` names the source in errors.
-    pub fn from_counts(
-        name: &str,
-        counts: &[Vec<f64>],
-        moe_layers: &[usize],
-        num_experts: usize,
-        top_k: usize,
-        seed: u64,
-    ) -> Result<Self, ReplayError> {
-        let path = name.to_string();
-        let want = counts.first().map_or(0, Vec::len);
-        for (row, c) in counts.iter().enumerate() {
-            if c.len() != want {
-                return Err(ReplayError::Ragged {
-                    path,
-                    row,
-                    got: c.len(),
-                    want,
-                });
-            }
-            if let Some(&value) = c.iter().find(|v| !(v.is_finite() && **v >= 0.0)) {
-                return Err(ReplayError::BadCount { path, row, value });
-            }
-        }
-        let rows: Vec<&Vec<f64>> = counts
-            .iter()
-            .filter(|c| c.iter().any(|&v| v > 0.0))
-            .collect();
-        if rows.is_empty() {
-            return Err(ReplayError::Empty { path });
-        }
-        if want < num_experts {
-            return Err(ReplayError::TooFewExperts {
-                path,
-                source_experts: want,
-                model: num_experts,
-            });
-        }
+    /// Samples from `counts`, which must be of this model (layer ids and expert ids as the
+    /// model's; `moeflow_trace::fold_counts` makes them from another model's). Every layer
+    /// with counts needs at least `top_k` experts with a count.
+    pub fn new(counts: &CountsTrace, top_k: usize, seed: u64) -> Result<Self, ReplayError> {
         let mut weights = BTreeMap::new();
-        for (i, &layer) in moe_layers.iter().enumerate() {
-            let src = rows[i * rows.len() / moe_layers.len().max(1)];
-            let folded: Vec<f64> = (0..num_experts)
-                .map(|e| {
-                    src[e * want / num_experts..(e + 1) * want / num_experts]
-                        .iter()
-                        .sum()
-                })
-                .collect();
-            let nonzero = folded.iter().filter(|&&v| v > 0.0).count();
+        for (layer, c) in counts.counts.iter().enumerate() {
+            let Some(c) = c else { continue };
+            let nonzero = c.iter().filter(|&&v| v > 0).count();
+            if nonzero == 0 {
+                continue;
+            }
             if nonzero < top_k {
                 return Err(ReplayError::TooFewHot {
-                    path,
                     layer,
                     nonzero,
                     top_k,
                 });
             }
-            weights.insert(layer, folded);
+            weights.insert(layer, c.iter().map(|&v| v as f64).collect());
+        }
+        if weights.is_empty() {
+            return Err(ReplayError::Empty);
         }
         Ok(Self { weights, seed })
     }
@@ -248,34 +158,26 @@ mod tests {
         }
     }
 
-    /// Source rows: a dense (all-zero) row, then two MoE rows of 8 experts.
-    fn source() -> Vec<Vec<f64>> {
-        vec![
-            vec![0.0; 8],
-            vec![100.0, 100.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
-            vec![1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 50.0, 50.0],
-        ]
-    }
-
-    #[test]
-    fn folds_layers_and_expert_blocks() {
-        let r = RouteReplay::from_counts("s", &source(), &[1, 2, 3, 4], 4, 2, 0).unwrap();
-        // Four model layers over two source rows: 1,2 → row 1; 3,4 → row 2.
-        assert_eq!(r.layer_counts(1).unwrap(), &[200.0, 2.0, 2.0, 2.0]);
-        assert_eq!(r.layer_counts(2).unwrap(), &[200.0, 2.0, 2.0, 2.0]);
-        assert_eq!(r.layer_counts(4).unwrap(), &[2.0, 2.0, 2.0, 100.0]);
+    /// A dense layer 0, then layers 1 and 2 over 4 experts.
+    fn counts() -> CountsTrace {
+        CountsTrace {
+            id: "c".into(),
+            workload: None,
+            phase: None,
+            counts: vec![None, Some(vec![200, 2, 2, 2]), Some(vec![2, 2, 2, 100])],
+        }
     }
 
     #[test]
     fn draws_follow_the_distribution_and_are_reproducible() {
-        let r = RouteReplay::from_counts("s", &source(), &[0], 4, 2, 7).unwrap();
+        let r = RouteReplay::new(&counts(), 2, 7).unwrap();
         let n = 4000;
         let keys: Vec<u64> = (0..n).map(|t| token_key(t as u32, t)).collect();
-        let a = r.rewrite(0, &routing(n, 2), &keys);
-        let b = r.rewrite(0, &routing(n, 2), &keys);
+        let a = r.rewrite(1, &routing(n, 2), &keys);
+        let b = r.rewrite(1, &routing(n, 2), &keys);
         assert_eq!(a, b);
         // The same token alone gives the same draw as inside a batch.
-        let one = r.rewrite(0, &routing(1, 2), &keys[17..18]);
+        let one = r.rewrite(1, &routing(1, 2), &keys[17..18]);
         assert_eq!(one.ids, a.ids[34..36]);
         let mut counts = [0usize; 4];
         for t in 0..n {
@@ -293,39 +195,25 @@ mod tests {
             "{counts:?}"
         );
         // Layers the source does not cover are left alone.
-        assert_eq!(r.rewrite(5, &routing(3, 2), &keys[..3]), routing(3, 2));
+        assert_eq!(r.rewrite(0, &routing(3, 2), &keys[..3]), routing(3, 2));
+        assert_eq!(r.layer_counts(2).unwrap(), &[2.0, 2.0, 2.0, 100.0]);
     }
 
     #[test]
-    fn bad_sources_are_named() {
-        let err = RouteReplay::from_counts("s.json", &source(), &[0], 16, 2, 0).unwrap_err();
-        assert!(matches!(
+    fn bad_counts_are_named() {
+        let mut c = counts();
+        c.counts[1] = Some(vec![5, 0, 0, 0]);
+        let err = RouteReplay::new(&c, 2, 0).unwrap_err();
+        assert_eq!(
             err,
-            ReplayError::TooFewExperts {
-                source_experts: 8,
-                model: 16,
-                ..
+            ReplayError::TooFewHot {
+                layer: 1,
+                nonzero: 1,
+                top_k: 2
             }
-        ));
-        assert!(err.to_string().contains("s.json"));
-        let ragged = vec![vec![1.0; 8], vec![1.0; 7]];
-        assert!(matches!(
-            RouteReplay::from_counts("s", &ragged, &[0], 4, 2, 0),
-            Err(ReplayError::Ragged { row: 1, .. })
-        ));
-        assert!(matches!(
-            RouteReplay::from_counts("s", &[vec![0.0; 8]], &[0], 4, 2, 0),
-            Err(ReplayError::Empty { .. })
-        ));
-        let hot = vec![vec![5.0, 5.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]];
-        assert!(matches!(
-            RouteReplay::from_counts("s", &hot, &[0], 4, 2, 0),
-            Err(ReplayError::TooFewHot { nonzero: 1, .. })
-        ));
-        let neg = vec![vec![-1.0; 8]];
-        assert!(matches!(
-            RouteReplay::from_counts("s", &neg, &[0], 4, 2, 0),
-            Err(ReplayError::BadCount { .. })
-        ));
+        );
+        assert!(err.to_string().contains("layer 1"));
+        c.counts = vec![None, Some(vec![0; 4])];
+        assert_eq!(RouteReplay::new(&c, 2, 0).unwrap_err(), ReplayError::Empty);
     }
 }
