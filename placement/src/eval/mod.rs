@@ -434,6 +434,13 @@ impl Evaluator {
     }
 }
 
+/// FNV-1a, 64-bit: a fixed hash (unlike `std`'s) so that rank assignment is reproducible.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -633,11 +640,4 @@ mod tests {
             Err(EvalError::RanksPerNode { .. })
         ));
     }
-}
-
-/// FNV-1a, 64-bit: a fixed hash (unlike `std`'s) so that rank assignment is reproducible.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
