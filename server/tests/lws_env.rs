@@ -4,8 +4,11 @@
 //! its rank from the pod index, its group size from the group it joins (refusing an LWS sized
 //! differently), and report its leader.
 
+mod common;
+
+use common::{free_port, Killed};
+
 use std::io::{BufRead, BufReader, Read};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -13,22 +16,6 @@ use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_moeflow");
 const LEADER: &str = "moeflow-decode-0.moeflow-decode.default";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// `moeflow worker` with the flags of deploy/kubernetes/base/workers.yaml (addresses on
 /// loopback instead of the pod IP) and the LWS environment of pod `index`.

@@ -4,38 +4,17 @@
 //! run, the decode group's plan must change to an EPLB plan that splits the hot experts over
 //! both ranks, and every request must complete, before and after the switch.
 
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use common::{curl, free_port, Killed as Serve};
+
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use moeflow_placement::PlacementPlan;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_moeflow");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn curl(args: &[&str]) -> String {
-    let out = Command::new("curl")
-        .args(["-s", "--max-time", "60"])
-        .args(args)
-        .output()
-        .expect("curl");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// A greedy completion of exactly `max_tokens` tokens; panics unless it completed.
 fn complete(port: u16, max_tokens: u32) {

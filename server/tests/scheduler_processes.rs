@@ -7,54 +7,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{connect, golden, reference_tokens, start_group, target};
+use common::{collect, connect, golden, greedy, info, reference_tokens, start_group, target};
 use moeflow_placement::PlacementPlan;
 use moeflow_router::api::{
-    Backend, FinishReason, GenerateRequest, ModelInfo, Sampling, SubmitError, TokenEvent,
+    Backend, FinishReason, GenerateRequest, Sampling, SubmitError, TokenEvent,
 };
 use moeflow_router::{Scheduler, SchedulerConfig};
-
-fn info() -> ModelInfo {
-    ModelInfo {
-        id: "test".into(),
-        architecture: "qwen3_moe".into(),
-        max_context: 256,
-        vocab_size: 512,
-        num_experts: 8,
-        experts_per_token: 2,
-    }
-}
-
-fn greedy(id: &str, prompt: Vec<u32>, max_tokens: u32) -> GenerateRequest {
-    GenerateRequest {
-        request_id: id.into(),
-        prompt,
-        sampling: Sampling {
-            temperature: 0.0,
-            ..Sampling::default()
-        },
-        max_tokens,
-        stop_token_ids: Vec::new(),
-        workload: None,
-    }
-}
-
-/// Collects a stream to its end (bounded by a hang guard).
-async fn collect(
-    mut rx: tokio::sync::mpsc::Receiver<TokenEvent>,
-) -> (Vec<u32>, Option<TokenEvent>) {
-    let mut tokens = Vec::new();
-    loop {
-        match tokio::time::timeout(Duration::from_secs(120), rx.recv())
-            .await
-            .expect("stream must not hang")
-        {
-            Some(TokenEvent::Token { id, .. }) => tokens.push(id),
-            Some(end) => return (tokens, Some(end)),
-            None => return (tokens, None),
-        }
-    }
-}
 
 #[test]
 fn concurrent_requests_match_single_process_and_cancellation_frees_kv() {

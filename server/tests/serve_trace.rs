@@ -4,6 +4,10 @@
 //! experts equal those a single-process run selects for the same greedy request, and
 //! `--trace-sample 0` records nothing.
 
+mod common;
+
+use common::{curl, free_port};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -21,13 +25,6 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_moeflow");
 const MODEL: &str = "tiny-qwen3_moe";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 struct Serve {
     child: Child,
@@ -96,15 +93,6 @@ fn start(extra: &[&str]) -> Serve {
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("moeflow serve did not become healthy");
-}
-
-fn curl(args: &[&str]) -> String {
-    let out = Command::new("curl")
-        .args(["-s", "--max-time", "60"])
-        .args(args)
-        .output()
-        .expect("curl");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A non-streaming completion labelled through the `x-moeflow-workload` header.

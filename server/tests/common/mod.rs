@@ -202,3 +202,76 @@ pub fn reference_tokens(dir: &Path, prompt: &[u32], steps: usize) -> Vec<u32> {
         .map(|row| moeflow_worker::sampling::argmax(row) as u32)
         .collect()
 }
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A child process (a server, a worker) killed and reaped when the test drops it, also when
+/// the test fails.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `curl -s` with a time limit; stdout as text.
+pub fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "60"])
+        .args(args)
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What the scheduler tests tell the scheduler about the tiny qwen3_moe golden model.
+pub fn info() -> moeflow_router::api::ModelInfo {
+    moeflow_router::api::ModelInfo {
+        id: "test".into(),
+        architecture: "qwen3_moe".into(),
+        max_context: 256,
+        vocab_size: 512,
+        num_experts: 8,
+        experts_per_token: 2,
+    }
+}
+
+pub fn greedy(id: &str, prompt: Vec<u32>, max_tokens: u32) -> moeflow_router::api::GenerateRequest {
+    moeflow_router::api::GenerateRequest {
+        request_id: id.into(),
+        prompt,
+        sampling: moeflow_router::api::Sampling {
+            temperature: 0.0,
+            ..moeflow_router::api::Sampling::default()
+        },
+        max_tokens,
+        stop_token_ids: Vec::new(),
+        workload: None,
+    }
+}
+
+/// Collects a stream to its end (bounded by a hang guard).
+pub async fn collect(
+    mut rx: tokio::sync::mpsc::Receiver<moeflow_router::api::TokenEvent>,
+) -> (Vec<u32>, Option<moeflow_router::api::TokenEvent>) {
+    use moeflow_router::api::TokenEvent;
+    let mut tokens = Vec::new();
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(120), rx.recv())
+            .await
+            .expect("stream must not hang")
+        {
+            Some(TokenEvent::Token { id, .. }) => tokens.push(id),
+            Some(end) => return (tokens, Some(end)),
+            None => return (tokens, None),
+        }
+    }
+}
