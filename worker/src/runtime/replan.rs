@@ -123,6 +123,24 @@ pub fn stage(
     })
 }
 
+/// Gives the calling thread the lowest scheduling priority (nice 19), so that loading experts
+/// in the background does not take CPU time from the ranks' steps. Linux applies
+/// `setpriority(PRIO_PROCESS, 0, ..)` to the calling thread only; elsewhere this does nothing.
+pub fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority reads no memory of ours; a failure only leaves the priority as
+        // it was, which is logged.
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+        if rc != 0 {
+            tracing::debug!(
+                error = %std::io::Error::last_os_error(),
+                "could not lower the expert loader's priority"
+            );
+        }
+    }
+}
+
 /// The expert set `rank` runs under the staged plan: kept experts are shared with `current`
 /// (tensors are reference-counted, nothing is copied), gained ones come from the stage.
 /// Fails, changing nothing, if an expert is in neither.

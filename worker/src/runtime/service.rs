@@ -257,9 +257,19 @@ impl pb::worker_server::Worker for WorkerService {
             .map_err(status_of)?
             .ok_or_else(|| replan_status(ReplanError::Unsupported))?;
         let dropped = replan::drops(&current, &plan, ctx.rank).len();
-        let staged = tokio::task::spawn_blocking(move || replan::stage(plan, &current, &ctx))
+        // A thread of its own at the lowest CPU priority: serving steps keep the cores, the
+        // experts load in what is left (the prepare may take longer; no step waits for it).
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("moeflow-stage".into())
+            .spawn(move || {
+                replan::lower_thread_priority();
+                let _ = tx.send(replan::stage(plan, &current, &ctx));
+            })
+            .map_err(|e| Status::internal(format!("starting the expert loader: {e}")))?;
+        let staged = rx
             .await
-            .map_err(|e| Status::internal(format!("expert loading stopped: {e}")))?
+            .map_err(|_| Status::internal("expert loading stopped"))?
             .map_err(status_of)?;
         let resp = pb::PreparePlanResponse {
             plan_version: staged.version,
