@@ -19,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-/tmp/bench-qwen3}
-DATA=${DATA:-/work/shared/data/deepseek-v3-expert-counts}
+DATA=${DATA:-../shared/data/deepseek-v3-expert-counts}
 PREFILL=${PREFILL:-$DATA/prefill_in1000out1000.json}
 DECODE=${DECODE:-$DATA/decode_in1000out1000.json}
 WORK=${WORK:-/tmp/placement-e2e}

@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-/tmp/bench-qwen3}
-SOURCE=${SOURCE:-/work/shared/data/deepseek-v3-expert-counts/decode_in1000out1000.json}
+SOURCE=${SOURCE:-../shared/data/deepseek-v3-expert-counts/decode_in1000out1000.json}
 WORK=${WORK:-/tmp/replace-hiccup}
 PORT=${PORT:-18441}
 GRPC=${GRPC:-18442}
