@@ -3,7 +3,8 @@
 # bench preset on 4 decode ranks (gates replaying DeepSeek-V3 decode counts), `moeflow bench`
 # load plus one long probe stream, and `moeflow place apply` of a balanced plan in the middle.
 # Prints the bytes loaded, the step time (probe's inter-token gap) around the switch against
-# the median, and the bench's failed-request count.
+# the median, and the bench's failed-request count. NO_APPLY=1 runs the control: the same load
+# and window without the switch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-/tmp/bench-qwen3}
@@ -36,8 +37,13 @@ python3 bench/step_probe.py "http://127.0.0.1:$PORT" 600 > "$WORK/probe.json" &
 probe=$!
 sleep "$DELAY"
 t0=$(date +%s.%N)
-"$BIN" place apply --plan "$WORK/plans/eplb.json" --group decode --addr "127.0.0.1:$GRPC" \
-  | tee "$WORK/apply.json"
+if [ -n "${NO_APPLY:-}" ]; then
+  # The control: the same load and the same window, without a switch.
+  echo '{"control": true}' > "$WORK/apply.json"
+else
+  "$BIN" place apply --plan "$WORK/plans/eplb.json" --group decode --addr "127.0.0.1:$GRPC" \
+    | tee "$WORK/apply.json"
+fi
 t1=$(date +%s.%N)
 wait "$bench" "$probe"
 python3 - "$WORK" "$t0" "$t1" <<'PY'
