@@ -41,7 +41,7 @@ if [ -n "${NO_APPLY:-}" ]; then
   # The control: the same load and the same window, without a switch.
   echo '{"control": true}' > "$WORK/apply.json"
 else
-  "$BIN" place apply --plan "$WORK/plans/eplb.json" --group decode --addr "127.0.0.1:$GRPC" \
+  "$BIN" place apply --plan "${PLAN:-$WORK/plans/eplb.json}" --group decode --addr "127.0.0.1:$GRPC" \
     | tee "$WORK/apply.json"
 fi
 t1=$(date +%s.%N)
