@@ -83,6 +83,25 @@ impl PhaseLoad {
         }
     }
 
+    /// Aggregate loads with one layer per row (layer ids 0..), for tests.
+    #[cfg(test)]
+    pub(crate) fn from_rows(rows: &[&[u64]]) -> Self {
+        Self {
+            layers: rows
+                .iter()
+                .enumerate()
+                .map(|(i, r)| LayerLoad {
+                    layer: i,
+                    counts: r.to_vec(),
+                    tokens: 0,
+                    pairs: None,
+                })
+                .collect(),
+            per_token: false,
+            aggregate: true,
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.layers.iter().all(|l| l.total() == 0)
     }

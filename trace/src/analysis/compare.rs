@@ -100,23 +100,9 @@ pub fn compare(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::load::LayerLoad;
 
     fn phase(rows: &[&[u64]]) -> PhaseLoad {
-        PhaseLoad {
-            layers: rows
-                .iter()
-                .enumerate()
-                .map(|(i, r)| LayerLoad {
-                    layer: i,
-                    counts: r.to_vec(),
-                    tokens: 0,
-                    pairs: None,
-                })
-                .collect(),
-            per_token: false,
-            aggregate: true,
-        }
+        PhaseLoad::from_rows(rows)
     }
 
     #[test]

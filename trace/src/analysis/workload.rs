@@ -104,23 +104,9 @@ pub fn pair(a: (usize, &PhaseLoad), b: (usize, &PhaseLoad), top_n_size: usize) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::load::LayerLoad;
 
     fn load(rows: &[&[u64]]) -> PhaseLoad {
-        PhaseLoad {
-            layers: rows
-                .iter()
-                .enumerate()
-                .map(|(i, r)| LayerLoad {
-                    layer: i,
-                    counts: r.to_vec(),
-                    tokens: 0,
-                    pairs: None,
-                })
-                .collect(),
-            per_token: false,
-            aggregate: true,
-        }
+        PhaseLoad::from_rows(rows)
     }
 
     #[test]
