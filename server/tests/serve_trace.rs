@@ -6,21 +6,19 @@
 
 mod common;
 
-use common::{curl, free_port};
+use common::{curl, free_port, reference_passes};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use candle_core::{DType, Device};
 use moeflow_proto::v1 as pb;
 use moeflow_proto::v1::generation_client::GenerationClient;
 use moeflow_trace::io::binary::BinaryReader;
 use moeflow_trace::{Phase, RequestTrace};
 use moeflow_worker::config::ModelConfig;
 use moeflow_worker::kv_cache::SeqId;
-use moeflow_worker::model::{ForwardCtx, LoadOptions, LogitsMode, SeqInput, Transformer};
-use moeflow_worker::moe::{LocalDispatch, Routing, RoutingObserver};
+use moeflow_worker::moe::{Routing, RoutingObserver};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_moeflow");
@@ -172,55 +170,12 @@ impl RoutingObserver for Recorded {
 
 /// Greedy generation of `tokens` tokens in one process: the tokens and, per forward pass
 /// (prefill, then each decode step that fed a generated token), the routing per MoE layer.
-#[allow(clippy::type_complexity)]
+/// The last token is never fed back: one pass per token.
 fn reference(dir: &Path, prompt: &[u32], tokens: usize) -> (Vec<u32>, Vec<Recorded>) {
-    let model = Transformer::load(
-        dir,
-        LoadOptions {
-            dtype: DType::F32,
-            device: &Device::Cpu,
-            experts: None,
-        },
-    )
-    .expect("load");
-    let mut kv = model.kv_cache(16, 64);
-    let mut input = SeqInput {
-        seq: 0,
-        tokens: prompt.to_vec(),
-        start: 0,
-        prompt: true,
-    };
-    let (mut out, mut passes) = (Vec::new(), Vec::new());
-    while out.len() < tokens {
-        let mut rec = Recorded::default();
-        let mut ctx = ForwardCtx {
-            dispatch: &mut LocalDispatch,
-            observer: Some(&mut rec),
-        };
-        let logits = model
-            .forward(
-                std::slice::from_ref(&input),
-                &mut kv,
-                &mut ctx,
-                LogitsMode::LastPerSeq,
-            )
-            .expect("forward");
-        passes.push(rec);
-        let row = logits
-            .flatten_all()
-            .and_then(|t| t.to_vec1::<f32>())
-            .expect("logits");
-        let next = moeflow_worker::sampling::argmax(&row) as u32;
-        out.push(next);
-        input = SeqInput {
-            seq: 0,
-            start: input.start + input.tokens.len(),
-            tokens: vec![next],
-            prompt: false,
-        };
-    }
-    // The last token is never fed back: one pass per token.
-    (out, passes)
+    reference_passes::<Recorded>(dir, prompt, tokens)
+        .into_iter()
+        .map(|(logits, rec)| (moeflow_worker::sampling::argmax(&logits) as u32, rec))
+        .unzip()
 }
 
 fn paper_file(trace_dir: &Path, workload: &str, id: &str) -> PathBuf {

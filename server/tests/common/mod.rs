@@ -13,7 +13,7 @@ use moeflow_comm::GroupIdentity;
 use moeflow_placement::{PlacementPlan, PlanTarget};
 use moeflow_worker::config::{model_fingerprint, ModelConfig};
 use moeflow_worker::model::{ForwardCtx, LoadOptions, LogitsMode, SeqInput, Transformer};
-use moeflow_worker::moe::LocalDispatch;
+use moeflow_worker::moe::{LocalDispatch, RoutingObserver};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_moeflow");
 
@@ -146,8 +146,14 @@ pub async fn connect(
     .expect("connect to the group")
 }
 
-/// Greedy generation in one process: the logits of each of `steps` steps.
-pub fn reference_logits(dir: &Path, prompt: &[u32], steps: usize) -> Vec<Vec<f32>> {
+/// Greedy generation in one process: for each of `steps` forward passes (the prompt, then
+/// each generated token fed back), the last position's logits and what an observer of type `O`
+/// saw of its routing.
+pub fn reference_passes<O: RoutingObserver + Default>(
+    dir: &Path,
+    prompt: &[u32],
+    steps: usize,
+) -> Vec<(Vec<f32>, O)> {
     let model = Transformer::load(
         dir,
         LoadOptions {
@@ -166,9 +172,10 @@ pub fn reference_logits(dir: &Path, prompt: &[u32], steps: usize) -> Vec<Vec<f32
         prompt: true,
     };
     for _ in 0..steps {
+        let mut observer = O::default();
         let mut ctx = ForwardCtx {
             dispatch: &mut LocalDispatch,
-            observer: None,
+            observer: Some(&mut observer),
         };
         let l = model
             .forward(
@@ -184,7 +191,7 @@ pub fn reference_logits(dir: &Path, prompt: &[u32], steps: usize) -> Vec<Vec<f32
             .to_vec1::<f32>()
             .expect("vec");
         let next = moeflow_worker::sampling::argmax(&row) as u32;
-        out.push(row);
+        out.push((row, observer));
         input = SeqInput {
             seq: 0,
             start: input.start + input.tokens.len(),
@@ -193,6 +200,32 @@ pub fn reference_logits(dir: &Path, prompt: &[u32], steps: usize) -> Vec<Vec<f32
         };
     }
     out
+}
+
+/// An observer that keeps nothing.
+#[derive(Default)]
+pub struct IgnoreRouting;
+
+impl RoutingObserver for IgnoreRouting {
+    fn observe(
+        &mut self,
+        _layer: usize,
+        _spans: &[(
+            moeflow_worker::kv_cache::SeqId,
+            std::ops::Range<usize>,
+            bool,
+        )],
+        _routing: &moeflow_worker::moe::Routing,
+    ) {
+    }
+}
+
+/// Greedy generation in one process: the logits of each of `steps` steps.
+pub fn reference_logits(dir: &Path, prompt: &[u32], steps: usize) -> Vec<Vec<f32>> {
+    reference_passes::<IgnoreRouting>(dir, prompt, steps)
+        .into_iter()
+        .map(|(logits, _)| logits)
+        .collect()
 }
 
 /// Greedy token ids of `steps` steps in one process.
