@@ -259,10 +259,7 @@ impl Sink {
     /// Writes one request; returns the bytes it took.
     fn write(&self, r: &RequestTrace) -> anyhow::Result<u64> {
         match self {
-            Sink::Paper(w) => {
-                let done = w.write(r)?;
-                Ok(std::fs::metadata(&done.path).map_or(0, |m| m.len()))
-            }
+            Sink::Paper(w) => Ok(w.write(r)?.bytes),
             Sink::Binary(w) => {
                 let mut w = w.lock().map_err(|_| anyhow::anyhow!("writer poisoned"))?;
                 Ok(w.append(r)?)

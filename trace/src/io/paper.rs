@@ -211,6 +211,8 @@ pub fn labels(root_components: &[String], rel: &[String]) -> TreeLabels {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PaperWrite {
     pub path: PathBuf,
+    /// Size of the file written.
+    pub bytes: u64,
     pub dropped_tokens: usize,
     pub dropped_iterations: usize,
 }
@@ -381,6 +383,7 @@ impl PaperTreeWriter {
         std::fs::rename(&tmp, &path).map_err(io(&path))?;
         Ok(PaperWrite {
             path,
+            bytes: buf.len() as u64,
             dropped_tokens,
             dropped_iterations,
         })
