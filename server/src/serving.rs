@@ -15,6 +15,54 @@ use moeflow_router::{Scheduler, SchedulerConfig, WorkerGroup};
 use moeflow_worker::config::ModelConfig;
 use moeflow_worker::tokenizer::Tokenizer;
 
+/// The model and the two worker groups, shared by `serve` and `router`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeploymentArgs {
+    /// Checkpoint directory (Hugging Face layout); every worker loads the same one (checked by
+    /// fingerprint). Default: a tiny qwen3_moe checkpoint, created on first use under the
+    /// moeflow cache directory.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Ranks of the prefill group. 0: aggregated mode (the decode group also prefills, in
+    /// chunks).
+    #[arg(long, default_value_t = 2)]
+    pub prefill_workers: usize,
+    /// Ranks of the decode group.
+    #[arg(long, default_value_t = 2)]
+    pub decode_workers: usize,
+    /// Placement plan of the prefill group (default: contiguous).
+    #[arg(long)]
+    pub prefill_placement: Option<PathBuf>,
+    /// Placement plan of the decode group (default: contiguous).
+    #[arg(long)]
+    pub decode_placement: Option<PathBuf>,
+}
+
+impl DeploymentArgs {
+    /// Refuses group sizes and plans that cannot form a deployment.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.decode_workers == 0 {
+            anyhow::bail!("--decode-workers must be at least 1");
+        }
+        if self.prefill_workers == 0 && self.prefill_placement.is_some() {
+            anyhow::bail!("--prefill-placement needs a prefill group (--prefill-workers > 0)");
+        }
+        Ok(())
+    }
+
+    /// `--model`, or the default tiny checkpoint (written on first use).
+    pub fn model_dir(&self) -> anyhow::Result<PathBuf> {
+        match &self.model {
+            Some(m) => Ok(m.clone()),
+            None => {
+                let d = crate::cmd::serve::default_model_dir();
+                crate::cmd::serve::ensure_default_model(&d)?;
+                Ok(d)
+            }
+        }
+    }
+}
+
 /// Front-end and scheduling options shared by `serve` and `router`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServingArgs {

@@ -5,7 +5,6 @@
 //! serves the HTTP and gRPC APIs as `moeflow serve` does.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -16,24 +15,14 @@ use moeflow_router::registry::{GroupSlot, Registry};
 use moeflow_router::WorkerGroup;
 use moeflow_worker::config::{model_fingerprint, ModelConfig};
 
-use super::serve::{default_model_dir, ensure_default_model};
-use crate::serving::{model_facts, serve_until_signal, start_trace_recorder, ServingArgs};
+use crate::serving::{
+    model_facts, serve_until_signal, start_trace_recorder, DeploymentArgs, ServingArgs,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Checkpoint directory; every worker must load the same checkpoint (checked by
-    /// fingerprint). Default: the tiny default checkpoint of `moeflow serve`.
-    #[arg(long)]
-    model: Option<PathBuf>,
-    /// Ranks of the prefill group (0: aggregated mode).
-    #[arg(long, default_value_t = 2)]
-    prefill_workers: usize,
-    #[arg(long, default_value_t = 2)]
-    decode_workers: usize,
-    #[arg(long)]
-    prefill_placement: Option<PathBuf>,
-    #[arg(long)]
-    decode_placement: Option<PathBuf>,
+    #[command(flatten)]
+    layout: DeploymentArgs,
     /// Address the registry and the group coordinators bind.
     #[arg(long, default_value = "127.0.0.1")]
     bind_host: String,
@@ -49,17 +38,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if args.decode_workers == 0 {
-        bail!("--decode-workers must be at least 1");
-    }
-    let model = match &args.model {
-        Some(m) => m.clone(),
-        None => {
-            let d = default_model_dir();
-            ensure_default_model(&d)?;
-            d
-        }
-    };
+    args.layout.check()?;
+    let model = args.layout.model_dir()?;
     let shape = ModelConfig::from_dir(&model)?.shape();
     let target = PlanTarget {
         num_experts: shape.num_experts,
@@ -72,12 +52,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let mut roles = vec![("decode", args.decode_workers, args.decode_placement.clone())];
-    if args.prefill_workers > 0 {
+    let mut roles = vec![(
+        "decode",
+        args.layout.decode_workers,
+        args.layout.decode_placement.clone(),
+    )];
+    if args.layout.prefill_workers > 0 {
         roles.push((
             "prefill",
-            args.prefill_workers,
-            args.prefill_placement.clone(),
+            args.layout.prefill_workers,
+            args.layout.prefill_placement.clone(),
         ));
     }
     let mut slots = HashMap::new();
@@ -135,8 +119,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     println!(
         "moeflow router waiting for {} prefill and {} decode workers (moeflow worker --router http://{}:{} --role ...)",
-        args.prefill_workers,
-        args.decode_workers,
+        args.layout.prefill_workers,
+        args.layout.decode_workers,
         args.advertise_host,
         reg_addr.port()
     );
@@ -146,7 +130,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Duration::from_secs(120),
         )
         .await?;
-        let prefill = if args.prefill_workers > 0 {
+        let prefill = if args.layout.prefill_workers > 0 {
             Some(
                 WorkerGroup::connect(
                     registry.wait_group("prefill").await,

@@ -8,33 +8,20 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use moeflow_router::WorkerGroup;
 use moeflow_worker::config::Arch;
 use moeflow_worker::synth::{init_model, Preset};
 
 use crate::launch::{start_local_group, GroupSpec};
-use crate::serving::{model_facts, serve_until_signal, start_trace_recorder, ServingArgs};
+use crate::serving::{
+    model_facts, serve_until_signal, start_trace_recorder, DeploymentArgs, ServingArgs,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Checkpoint directory (Hugging Face layout). Default: a tiny qwen3_moe checkpoint,
-    /// created on first use under the moeflow cache directory.
-    #[arg(long)]
-    model: Option<PathBuf>,
-    /// Ranks of the prefill group. 0: aggregated mode (the decode group also prefills, in
-    /// chunks).
-    #[arg(long, default_value_t = 2)]
-    prefill_workers: usize,
-    /// Ranks of the decode group.
-    #[arg(long, default_value_t = 2)]
-    decode_workers: usize,
-    /// Placement plan of the prefill group.
-    #[arg(long)]
-    prefill_placement: Option<PathBuf>,
-    /// Placement plan of the decode group (default: contiguous).
-    #[arg(long)]
-    decode_placement: Option<PathBuf>,
+    #[command(flatten)]
+    layout: DeploymentArgs,
     /// A worker silent for this long is declared dead (milliseconds).
     #[arg(long, default_value_t = 3000)]
     peer_timeout_ms: u64,
@@ -73,20 +60,8 @@ pub fn ensure_default_model(dir: &Path) -> anyhow::Result<()> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if args.decode_workers == 0 {
-        bail!("--decode-workers must be at least 1");
-    }
-    if args.prefill_workers == 0 && args.prefill_placement.is_some() {
-        bail!("--prefill-placement needs a prefill group (--prefill-workers > 0)");
-    }
-    let model = match &args.model {
-        Some(m) => m.clone(),
-        None => {
-            let d = default_model_dir();
-            ensure_default_model(&d)?;
-            d
-        }
-    };
+    args.layout.check()?;
+    let model = args.layout.model_dir()?;
     let (info, tokenizer) = model_facts(&model, args.serving.served_model_name.as_deref())?;
     let trace = start_trace_recorder(&args.serving, &model, &info.id)?;
     // Before anything records: metric handles taken without a recorder record nothing.
@@ -108,13 +83,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("--route-replay {}", src.display()))?;
         extra.extend(["--route-replay".to_string(), src.display().to_string()]);
     }
-    let mut prefill = if args.prefill_workers > 0 {
+    let mut prefill = if args.layout.prefill_workers > 0 {
         Some(start_local_group(
             &rt,
             GroupSpec {
                 model: &model,
-                ranks: args.prefill_workers,
-                plan: args.prefill_placement.as_deref(),
+                ranks: args.layout.prefill_workers,
+                plan: args.layout.prefill_placement.as_deref(),
                 group_id: format!("prefill-{}", std::process::id()),
                 peer_timeout_ms: args.peer_timeout_ms,
                 extra_args: extra.clone(),
@@ -127,8 +102,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &rt,
         GroupSpec {
             model: &model,
-            ranks: args.decode_workers,
-            plan: args.decode_placement.as_deref(),
+            ranks: args.layout.decode_workers,
+            plan: args.layout.decode_placement.as_deref(),
             group_id: format!("decode-{}", std::process::id()),
             peer_timeout_ms: args.peer_timeout_ms,
             extra_args: extra,
