@@ -185,23 +185,10 @@ pub struct CompareArgs {
 
 /// Loads of every source, with co-activation pairs when the data is per-token.
 fn load_summary(srcs: &[Source], shape: &ModelShape) -> anyhow::Result<(LoadSummary, usize)> {
-    // Pairs cost E²/2 counters per layer and phase; only per-token formats can fill them.
     let pairs = srcs
         .iter()
         .any(|s| s.format() != moeflow_trace::Format::SglangCounts);
-    let (summary, _, _, skipped) = sources::fold_all(
-        srcs,
-        || LoadSummary::new(shape.clone(), pairs),
-        |s, item| {
-            // The source validated the item against this shape already.
-            let _ = s.add(&item);
-        },
-        |t, p| {
-            t.merge(p);
-            Ok(())
-        },
-    )?;
-    Ok((summary, skipped))
+    sources::load_summary(srcs, shape, pairs)
 }
 
 fn target_of(shape: &ModelShape, model: Option<&Path>) -> anyhow::Result<PlanTarget> {

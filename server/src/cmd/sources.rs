@@ -130,18 +130,17 @@ pub fn fold_all<A: Send + Clone>(
     Ok((total, items, bytes, skipped))
 }
 
-/// Every item of `sources` in `phase` (every phase when `None`), merged into one count
-/// distribution (per-token items counted per (layer, expert)) and folded onto `target` by
-/// `moeflow_trace::fold`'s rules. Returns the folded counts and the number of skipped files.
-pub fn folded_counts(
+/// The expert loads of every source, per phase; `pairs` also counts co-activated pairs
+/// (E²/2 counters per layer and phase, filled only by per-token formats). Returns the loads
+/// and the number of skipped files.
+pub fn load_summary(
     sources: &[Source],
-    phase: Option<Phase>,
-    target: &ModelShape,
-) -> anyhow::Result<(CountsTrace, usize)> {
-    let shape = common_shape(sources)?;
+    shape: &ModelShape,
+    pairs: bool,
+) -> anyhow::Result<(LoadSummary, usize)> {
     let (summary, _, _, skipped) = fold_all(
         sources,
-        || LoadSummary::new(shape.clone(), false),
+        || LoadSummary::new(shape.clone(), pairs),
         |s, item| {
             // The source validated the item against this shape already.
             let _ = s.add(&item);
@@ -151,6 +150,19 @@ pub fn folded_counts(
             Ok(())
         },
     )?;
+    Ok((summary, skipped))
+}
+
+/// Every item of `sources` in `phase` (every phase when `None`), merged into one count
+/// distribution (per-token items counted per (layer, expert)) and folded onto `target` by
+/// `moeflow_trace::fold`'s rules. Returns the folded counts and the number of skipped files.
+pub fn folded_counts(
+    sources: &[Source],
+    phase: Option<Phase>,
+    target: &ModelShape,
+) -> anyhow::Result<(CountsTrace, usize)> {
+    let shape = common_shape(sources)?;
+    let (summary, skipped) = load_summary(sources, &shape, false)?;
     let load = summary.select(phase);
     let names: Vec<String> = sources
         .iter()
