@@ -2,20 +2,17 @@
 //! worker processes): every request completes, without errors, with the server's own token
 //! counts, on both OpenAI endpoints; then SIGTERM stops the server.
 
+mod common;
+
+use common::free_port;
+
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_moeflow");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 /// `moeflow serve` and its workers, killed if the test ends early.
 struct Serve {

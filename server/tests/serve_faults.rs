@@ -3,19 +3,15 @@
 //! degraded group; a client that disconnects frees its KV blocks (visible in `/metrics`);
 //! SIGTERM drains and exits. HTTP goes through `curl`, like an outside client.
 
+mod common;
+
+use common::free_port;
+
 use std::io::{BufRead, BufReader, Read};
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_moeflow");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 struct Serve {
     child: Child,

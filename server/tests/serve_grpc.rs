@@ -2,7 +2,10 @@
 //! concurrent streams complete with usage, greedy outputs agree with the HTTP API's, and a
 //! killed decode worker ends an in-flight stream with an error status, not a hang.
 
-use std::net::TcpListener;
+mod common;
+
+use common::free_port;
+
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -10,13 +13,6 @@ use moeflow_proto::v1 as pb;
 use moeflow_proto::v1::generation_client::GenerationClient;
 
 const BIN: &str = env!("CARGO_BIN_EXE_moeflow");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 /// The server process; the temp dir holds its model and lives as long as it.
 struct Serve(Child, #[allow(dead_code)] tempfile::TempDir);

@@ -236,12 +236,23 @@ pub fn reference_tokens(dir: &Path, prompt: &[u32], steps: usize) -> Vec<u32> {
         .collect()
 }
 
-/// A loopback port nothing listens on right now.
+/// A loopback port nothing listens on right now, chosen below the kernel's ephemeral range
+/// (32768 and up on Linux): a port from `bind(0)` can be handed to a worker's own socket
+/// before the server under test binds it. Each call tries the next candidate, starting at an
+/// offset from the process id, so concurrent tests and test binaries do not pick the same one.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    for _ in 0..SPAN {
+        let port = (LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{}", LOW + SPAN)
 }
 
 /// A child process (a server, a worker) killed and reaped when the test drops it, also when
