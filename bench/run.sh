@@ -19,8 +19,8 @@
 #   placement  [Placement: ...]                              bench/placement.sh; baseline: contiguous
 #   record     [Serving: trace recording overhead]           bench/trace_overhead.sh; baseline: untraced
 #   replace    [Placement end to end]                        bench/placement_e2e.sh; baseline: contiguous
-#   hiccup     [Live re-placement under load]                bench/replace_hiccup.sh; baseline: steps
-#                                                            before the switch
+#   hiccup     [Live re-placement under load]                bench/replace_hiccup.sh (STEADY=1);
+#                                                            baseline: NO_APPLY=1, same load, no switch
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OUT_ROOT=${OUT:-/tmp/moeflow-bench}
@@ -60,7 +60,10 @@ for s in $SECTIONS; do
     placement) section placement bench/placement.sh ;;
     record) section record bench/trace_overhead.sh ;;
     replace) section replace env WORK="$OUT_ROOT/replace" bench/placement_e2e.sh ;;
-    hiccup) section hiccup env WORK="$OUT_ROOT/hiccup" bench/replace_hiccup.sh ;;
+    hiccup)
+      section hiccup env WORK="$OUT_ROOT/hiccup" STEADY=1 DELAY=10 bench/replace_hiccup.sh
+      section hiccup-control env WORK="$OUT_ROOT/hiccup" STEADY=1 DELAY=10 NO_APPLY=1 \
+        bench/replace_hiccup.sh ;;
     *) echo "unknown section $s (known: $ALL)" >&2; exit 2 ;;
   esac
 done

@@ -333,9 +333,19 @@ impl EngineHandle {
                     match cmd {
                         Command::Step(input, reply) => {
                             let t0 = Instant::now();
+                            let tokens: usize = input.seqs.iter().map(|c| c.tokens.len()).sum();
                             let r = engine.step(input).map(|o| (o, t0.elapsed().as_secs_f64()));
-                            if let Err(e) = &r {
-                                tracing::warn!(error = %e, "step failed");
+                            match &r {
+                                // One event per step on its own target, off by default: the
+                                // timeline of step times that a latency investigation (such
+                                // as bench/replace_hiccup.sh around a plan switch) reads.
+                                Ok((_, secs)) => tracing::debug!(
+                                    target: "moeflow::step",
+                                    ms = secs * 1e3,
+                                    tokens,
+                                    "step"
+                                ),
+                                Err(e) => tracing::warn!(error = %e, "step failed"),
                             }
                             let _ = reply.send(r);
                         }
