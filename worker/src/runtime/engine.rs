@@ -188,7 +188,7 @@ impl<D: MoeDispatch + DispatchStats> Engine<D> {
             )));
         };
         self.dispatch.set_plan(&staged.plan)?;
-        self.model.replace_experts(experts);
+        replan::free_in_background(self.model.replace_experts(experts));
         let dropped = replan::drops(&current, &staged.plan, rank).len();
         self.plan = Some((staged.plan, rank));
         Ok(CommitOutcome {

@@ -95,8 +95,8 @@ fn moved(from: &PlacementPlan, without: &PlacementPlan, rank: usize) -> Vec<(usi
     out
 }
 
-/// Reads the experts `rank` gains from the checkpoint (blocking; run it off the engine
-/// thread).
+/// Reads the experts `rank` gains from the checkpoint (blocking and paced; run it off the
+/// engine thread).
 pub fn stage(
     plan: PlacementPlan,
     current: &PlacementPlan,
@@ -109,9 +109,16 @@ pub fn stage(
     if !want.is_empty() {
         let reader = ExpertReader::open(&ctx.model_dir, ctx.dtype, &ctx.device)?;
         for (layer, e) in want {
+            let t = Instant::now();
             let ffn = reader.load(layer, e)?;
             bytes += ffn.bytes() as u64;
             gained.insert((layer, e), ffn);
+            // Half duty cycle: after each expert, rest as long as its copy took. A low CPU
+            // priority alone does not keep the copies off the steps' critical path (they
+            // share caches and memory bandwidth with the ranks); resting keeps the slowest
+            // step during staging as close to normal as without a switch, for about 1.5x the
+            // staging time (BENCHMARKS.md, "Live re-placement").
+            std::thread::sleep(t.elapsed());
         }
     }
     Ok(StagedPlan {
@@ -139,6 +146,20 @@ pub fn lower_thread_priority() {
             );
         }
     }
+}
+
+/// Frees `value` (a rank's replaced expert set) on a short-lived low-priority thread. Freeing
+/// the experts a rank gives up is one `munmap` per tensor, about 10 ms for 80 MB on a CPU
+/// rank, and it happens at the commit, between two steps: done in place, the next token of
+/// every running sequence would wait for it. If no thread can be started it is freed here.
+pub fn free_in_background<T: Send + 'static>(value: T) {
+    // On a failed spawn the closure, and with it `value`, is dropped right here.
+    let _ = std::thread::Builder::new()
+        .name("moeflow-free".into())
+        .spawn(move || {
+            lower_thread_priority();
+            drop(value);
+        });
 }
 
 /// The expert set `rank` runs under the staged plan: kept experts are shared with `current`
@@ -275,5 +296,22 @@ mod tests {
         staged.gained.insert((1, 2), ffn(2.0));
         let set = switched_experts(&cur, &staged, 0, 2).unwrap();
         assert_eq!(set.layer(1).unwrap().hosted(), vec![0, 2]);
+    }
+
+    /// The replaced set is freed, and not on the calling (engine) thread.
+    #[test]
+    fn frees_on_another_thread() {
+        struct Probe(std::sync::mpsc::Sender<std::thread::ThreadId>);
+        impl Drop for Probe {
+            fn drop(&mut self) {
+                let _ = self.0.send(std::thread::current().id());
+            }
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        free_in_background(Probe(tx));
+        let freed_on = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the value was never freed");
+        assert_ne!(freed_on, std::thread::current().id());
     }
 }
