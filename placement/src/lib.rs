@@ -10,8 +10,10 @@ mod cost;
 pub mod eval;
 mod plan;
 pub mod planner;
+mod relabel;
 mod replica;
 
 pub use cost::{CostModel, ExpertShape};
 pub use plan::{PlacementPlan, PlanError, PlanTarget, PLAN_FORMAT};
+pub use relabel::{moved_experts, relabel};
 pub use replica::ReplicaSelector;

@@ -4,17 +4,17 @@
 //! last window (the ranks' `EpStats`, summed over ranks), turns the window into the trace
 //! model's counts ([`window::to_trace`]), asks one of the placement crate's planners
 //! ([`moeflow_placement::planner::by_name`]) for a plan with the current plan's slots per rank,
-//! relabels the new plan's ranks so that it moves as few experts as possible ([`relabel`]),
+//! relabels the new plan's ranks so that it moves as few experts as possible
+//! ([`moeflow_placement::relabel`]),
 //! and applies it only when the modelled gain (the placement crate's evaluator replaying the
 //! window: per layer the busiest rank's load, summed over layers, see [`gain`]) is above a
 //! threshold.
 
 mod gain;
-mod relabel;
 mod window;
 
 pub use gain::{busiest_load, modelled_gain};
-pub use relabel::{moved_experts, relabel};
+use moeflow_placement::{moved_experts, relabel};
 pub use window::{read_counts, to_trace, ExpertLoads};
 
 use std::sync::Arc;
@@ -125,7 +125,8 @@ pub fn decide(
     .with_top_k(top_k.max(1))
     .with_source(current.model.clone(), Some("rebalance window".into()));
     let candidate = planner.plan(&input)?;
-    let plan = relabel(&candidate, current);
+    // The window planner gets no topology, so any permutation of ranks is as good.
+    let plan = relabel(&candidate, current, None);
     let gain = modelled_gain(current, &plan, &shape, &item)?;
     if gain <= threshold {
         return Ok(Decision::Keep { gain });

@@ -44,6 +44,16 @@ pub struct ApplyArgs {
     /// gRPC address of `moeflow serve` / `moeflow router`.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     pub addr: String,
+    /// Permute each layer's rank lists to overlap the running plan most before applying, so
+    /// the switch loads as few experts as it can; balance and cost stay the same (each
+    /// layer's set of lists is unchanged). The plan that runs is then a relabelling of the
+    /// file's (`place show` prints it).
+    #[arg(long)]
+    pub relabel: bool,
+    /// With `--relabel`: ranks per node; lists are permuted only within a node, so what the
+    /// plan put on different nodes (replicas, router groups) stays on different nodes.
+    #[arg(long, requires = "relabel")]
+    pub ranks_per_node: Option<usize>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -86,9 +96,18 @@ async fn connect(addr: &str) -> anyhow::Result<AdminClient<tonic::transport::Cha
 async fn apply(a: ApplyArgs) -> anyhow::Result<()> {
     // Checked here too, so a malformed file fails before any network round trip; the workers
     // check it against the model and the group.
-    let plan = PlacementPlan::from_file(&a.plan)
+    let mut plan = PlacementPlan::from_file(&a.plan)
         .with_context(|| format!("--plan {}", a.plan.display()))?;
     let mut client = connect(&a.addr).await?;
+    let mut relabelled = serde_json::Value::Null;
+    if a.relabel {
+        let running = running_plan(&mut client, &a.group).await?;
+        let before = moeflow_placement::moved_experts(&running, &plan);
+        plan = moeflow_placement::relabel(&plan, &running, a.ranks_per_node);
+        let after = moeflow_placement::moved_experts(&running, &plan);
+        relabelled =
+            serde_json::json!({"experts_to_load_as_given": before, "experts_to_load": after});
+    }
     let r = client
         .apply_plan(pb::ApplyPlanRequest {
             group: a.group.clone(),
@@ -109,6 +128,7 @@ async fn apply(a: ApplyArgs) -> anyhow::Result<()> {
             "experts_dropped": r.experts_dropped,
             "prepare_seconds": r.prepare_seconds,
             "commit_seconds": r.commit_seconds,
+            "relabel": relabelled,
         })
     );
     Ok(())
@@ -116,14 +136,30 @@ async fn apply(a: ApplyArgs) -> anyhow::Result<()> {
 
 async fn show(s: ShowArgs) -> anyhow::Result<()> {
     let mut client = connect(&s.addr).await?;
-    let r = client
+    println!("{}", plan_json(&mut client, &s.group).await?);
+    Ok(())
+}
+
+/// The JSON of the plan `group` runs now.
+async fn plan_json(
+    client: &mut AdminClient<tonic::transport::Channel>,
+    group: &str,
+) -> anyhow::Result<String> {
+    Ok(client
         .get_plan(pb::GroupPlanRequest {
-            group: s.group.clone(),
+            group: group.to_string(),
         })
         .await
         .map_err(|st| anyhow::anyhow!("{}", st.message()))
-        .with_context(|| format!("reading the plan of group {}", s.group))?
-        .into_inner();
-    println!("{}", r.plan_json);
-    Ok(())
+        .with_context(|| format!("reading the plan of group {group}"))?
+        .into_inner()
+        .plan_json)
+}
+
+async fn running_plan(
+    client: &mut AdminClient<tonic::transport::Channel>,
+    group: &str,
+) -> anyhow::Result<PlacementPlan> {
+    let json = plan_json(client, group).await?;
+    serde_json::from_str(&json).with_context(|| format!("the running plan of group {group}"))
 }
