@@ -7,7 +7,8 @@
 # per step; a step's time is its slowest rank's), in a fixed window from the apply request on
 # (WINDOW seconds, default 3.5: staging, commit and the steps after it) against the window of
 # the same width just before. Prints those, the bytes loaded and the bench's failed requests.
-# NO_APPLY=1 runs the control: the same load and the same window without the switch.
+# NO_APPLY=1 runs the control: the same load and the same window without the switch;
+# RELABEL=1 applies with `--relabel`.
 #
 # STEADY=1 makes the load uniform: all requests start together and decode through the window,
 # so that the window holds decode steps only. With the default load new requests keep arriving,
@@ -51,8 +52,10 @@ t0=$(date +%s.%N)
 if [ -n "${NO_APPLY:-}" ]; then
   echo '{"control": true}' > "$WORK/apply.json"
 else
+  # RELABEL=1: let `place apply --relabel` permute the plan's rank lists to load the fewest
+  # experts (same balance).
   "$BIN" place apply --plan "${PLAN:-$WORK/plans/eplb.json}" --group decode \
-    --addr "127.0.0.1:$GRPC" > "$WORK/apply.json"
+    --addr "127.0.0.1:$GRPC" ${RELABEL:+--relabel} > "$WORK/apply.json"
 fi
 t1=$(date +%s.%N)
 wait "$bench"
