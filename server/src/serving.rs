@@ -119,7 +119,14 @@ pub struct RebalanceArgs {
     /// Planner that makes the new plan from the window's loads (`moeflow place plan --algo`
     /// names: eplb, prefill-aware, traffic-aware, ...). EPLB balances exactly the token load
     /// the gain is judged by; the new plan keeps the current one's slots per rank.
-    #[arg(long, default_value = "eplb")]
+    // Checked when the flags are parsed, before any worker starts.
+    #[arg(
+        long,
+        default_value = "eplb",
+        value_parser = clap::builder::PossibleValuesParser::new(
+            moeflow_placement::planner::NAMES.iter().copied()
+        )
+    )]
     pub rebalance_algo: String,
 }
 
@@ -313,5 +320,29 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        rebalance: RebalanceArgs,
+    }
+
+    /// A planner name that does not exist is refused while parsing the flags, before any
+    /// worker process starts; every name the placement crate knows is accepted.
+    #[test]
+    fn rebalance_algo_is_checked_at_parse_time() {
+        let err = Cli::try_parse_from(["x", "--rebalance-algo", "nope"]).unwrap_err();
+        assert!(err.to_string().contains("--rebalance-algo"), "{err}");
+        for name in moeflow_placement::planner::NAMES {
+            let cli = Cli::try_parse_from(["x", "--rebalance-algo", name]).unwrap();
+            assert_eq!(cli.rebalance.rebalance_algo, *name);
+        }
     }
 }
