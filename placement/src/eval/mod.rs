@@ -28,7 +28,7 @@ mod profile;
 mod report;
 
 pub use compare::{compare, Compare, CompareError};
-pub use profile::{DeviceProfile, PROFILE_NAMES};
+pub use profile::{DeviceProfile, ProfileError, PROFILE_NAMES};
 pub use report::{Comparison, EvalReport, LayerReport, OverallReport};
 
 use moeflow_trace::{

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 /// compare times computed from the same profile, so the absolute values set the point where
 /// an expert turns from memory-bound to compute-bound, not the ranking of plans.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DeviceProfile {
     pub name: String,
     /// Dense matrix-multiply throughput, FLOP/s.
@@ -16,6 +17,15 @@ pub struct DeviceProfile {
     pub intra_node_bw: f64,
     /// Bandwidth of one rank's link to a rank on another node, bytes/s.
     pub inter_node_bw: f64,
+}
+
+/// Why a profile described in JSON cannot be used; names the field at fault.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProfileError {
+    #[error("device profile: {0}")]
+    Json(String),
+    #[error("device profile: {field} must be a positive finite number, got {value}")]
+    Field { field: &'static str, value: f64 },
 }
 
 /// Names accepted by [`DeviceProfile::by_name`].
@@ -59,6 +69,33 @@ impl DeviceProfile {
     }
 }
 
+impl DeviceProfile {
+    /// A profile described in JSON with the fields of this type (`name`, `flops`, `mem_bw`,
+    /// `intra_node_bw`, `inter_node_bw`; SI units: FLOP/s and bytes/s), for hardware the
+    /// built-ins do not cover or for numbers measured on one's own machines. Unknown fields
+    /// are refused, so a misspelt one is not silently replaced by nothing.
+    pub fn from_json(json: &str) -> Result<Self, ProfileError> {
+        let p: Self = serde_json::from_str(json).map_err(|e| ProfileError::Json(e.to_string()))?;
+        p.validate()?;
+        Ok(p)
+    }
+
+    /// Every throughput positive and finite (a zero would make modelled times infinite).
+    pub fn validate(&self) -> Result<(), ProfileError> {
+        for (field, value) in [
+            ("flops", self.flops),
+            ("mem_bw", self.mem_bw),
+            ("intra_node_bw", self.intra_node_bw),
+            ("inter_node_bw", self.inter_node_bw),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(ProfileError::Field { field, value });
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for DeviceProfile {
     fn default() -> Self {
         Self::h100()
@@ -77,5 +114,22 @@ mod tests {
         assert!(DeviceProfile::by_name("tpu").is_none());
         let h = DeviceProfile::h100();
         assert!(h.intra_node_bw > h.inter_node_bw && h.flops > DeviceProfile::cpu().flops);
+    }
+
+    #[test]
+    fn json_profiles_round_trip_and_name_the_bad_field() {
+        let h = DeviceProfile::h100();
+        let json = serde_json::to_string(&h).unwrap();
+        assert_eq!(DeviceProfile::from_json(&json).unwrap(), h);
+        let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v["mem_bw"] = serde_json::json!(0.0);
+        let err = DeviceProfile::from_json(&v.to_string())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mem_bw"), "{err}");
+        let typo = json.replace("\"flops\"", "\"flop\"");
+        let err = DeviceProfile::from_json(&typo).unwrap_err().to_string();
+        assert!(err.contains("flop"), "{err}");
+        assert!(DeviceProfile::from_json("[1, 2]").is_err());
     }
 }

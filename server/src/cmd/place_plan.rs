@@ -53,7 +53,9 @@ pub struct GroupArgs {
 /// The device profile and expert dimensions of the modelled times.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CostArgs {
-    /// Device profile for modelled times (h100, cpu).
+    /// Device profile for modelled times: a built-in (h100, cpu) or a JSON file with the
+    /// fields name, flops, mem_bw, intra_node_bw and inter_node_bw (FLOP/s and bytes/s), for
+    /// other hardware or numbers measured on one's own.
     #[arg(long, default_value = "h100")]
     pub profile: String,
     /// Hidden size of the model (activation width; default DeepSeek-V3's 7168).
@@ -73,13 +75,20 @@ pub struct CostArgs {
 
 impl CostArgs {
     fn profile(&self) -> anyhow::Result<DeviceProfile> {
-        DeviceProfile::by_name(&self.profile).with_context(|| {
-            format!(
-                "--profile {}: expected one of {}",
+        if let Some(p) = DeviceProfile::by_name(&self.profile) {
+            return Ok(p);
+        }
+        let path = std::path::Path::new(&self.profile);
+        if !path.is_file() {
+            anyhow::bail!(
+                "--profile {}: neither a built-in profile ({}) nor a JSON file",
                 self.profile,
                 PROFILE_NAMES.join(", ")
-            )
-        })
+            );
+        }
+        let json =
+            std::fs::read_to_string(path).with_context(|| format!("--profile {}", self.profile))?;
+        DeviceProfile::from_json(&json).with_context(|| format!("--profile {}", self.profile))
     }
 
     fn expert(&self) -> ExpertShape {
