@@ -262,54 +262,40 @@ fn plans_from_prefill_counts_and_replays_decode() {
 
     // A device profile from a JSON file: the H100's numbers with ten times the compute and
     // memory bandwidth model a shorter step; a profile with a zero field is refused by name.
+    let eval_with = |profile: &str, out: Option<&Path>| {
+        let mut args = vec!["place", "eval", "--top-k", "4", "--on", s(&decode)];
+        args.extend(["--plan", s(&plans[1]), "--profile", profile]);
+        if let Some(dir) = out {
+            args.extend(["--out", s(dir)]);
+        }
+        moeflow(&args)
+    };
     let step_time = |profile: &str| {
         let dir = tmp.path().join(format!("eval-{}", profile.len()));
-        ok(&[
-            "place",
-            "eval",
-            "--top-k",
-            "4",
-            "--on",
-            s(&decode),
-            "--plan",
-            s(&plans[1]),
-            "--profile",
-            profile,
-            "--out",
-            s(&dir),
-        ]);
+        let out = eval_with(profile, Some(&dir));
+        assert!(out.status.success(), "{out:?}");
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("comparison.json")).unwrap())
                 .unwrap();
         v["runs"][0][1]["overall"]["step_time_s"].as_f64().unwrap()
     };
-    let fast = tmp.path().join("fast.json");
-    std::fs::write(
-        &fast,
+    let profile_file = |name: &str, json: &str| {
+        let path = tmp.path().join(format!("{name}.json"));
+        std::fs::write(&path, json).unwrap();
+        path
+    };
+    let fast = profile_file(
+        "fast",
         r#"{"name": "fast", "flops": 9.89e15, "mem_bw": 3.35e13,
             "intra_node_bw": 4.5e11, "inter_node_bw": 5e10}"#,
-    )
-    .unwrap();
+    );
     assert!(step_time(s(&fast)) < step_time("h100"));
-    let broken = tmp.path().join("broken.json");
-    std::fs::write(
-        &broken,
+    let broken = profile_file(
+        "broken",
         r#"{"name": "broken", "flops": 1e12, "mem_bw": 0,
             "intra_node_bw": 1e9, "inter_node_bw": 1e9}"#,
-    )
-    .unwrap();
-    let out = moeflow(&[
-        "place",
-        "eval",
-        "--top-k",
-        "4",
-        "--on",
-        s(&decode),
-        "--plan",
-        s(&plans[1]),
-        "--profile",
-        s(&broken),
-    ]);
+    );
+    let out = eval_with(s(&broken), None);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("mem_bw"), "{err}");
