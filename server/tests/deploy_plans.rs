@@ -1,13 +1,12 @@
 //! The placement plans the Kubernetes overlays ship (deploy/kubernetes/overlays/*/placement)
 //! are plans moeflow accepts for the model each overlay serves.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
+use common::{init_tiny_with_cli, target};
 use moeflow_placement::{PlacementPlan, PlanTarget};
-use moeflow_worker::config::ModelConfig;
-
-const BIN: &str = env!("CARGO_BIN_EXE_moeflow");
 
 fn plan(overlay: &str, role: &str) -> PlacementPlan {
     let path: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -22,26 +21,8 @@ fn plan(overlay: &str, role: &str) -> PlacementPlan {
 fn cpu_overlay_plans_fit_the_tiny_checkpoint() {
     let dir = tempfile::tempdir().expect("tempdir");
     let model = dir.path().join("tiny-qwen3_moe");
-    let init = Command::new(BIN)
-        .args([
-            "init-model",
-            "--arch",
-            "qwen3_moe",
-            "--preset",
-            "tiny",
-            "--out",
-        ])
-        .arg(&model)
-        .env("MOEFLOW_LOG", "warn")
-        .stdout(Stdio::null())
-        .status()
-        .expect("init-model");
-    assert!(init.success());
-    let shape = ModelConfig::from_dir(&model).expect("config").shape();
-    let target = PlanTarget {
-        num_experts: shape.num_experts,
-        moe_layers: shape.moe_layers,
-    };
+    init_tiny_with_cli(&model);
+    let target = target(&model);
     for role in ["prefill", "decode"] {
         let p = plan("cpu", role);
         p.check_target(&target)

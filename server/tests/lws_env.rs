@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{free_port, Killed};
+use common::{free_port, init_tiny_with_cli, Killed};
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -109,22 +109,7 @@ fn worker_takes_rank_size_and_leader_from_the_lws_environment() {
     let home = tempfile::tempdir().expect("tempdir");
     let model = home.path().join("tiny-qwen3_moe");
     // As the manifests' init container writes it.
-    let init = Command::new(BIN)
-        .args([
-            "init-model",
-            "--arch",
-            "qwen3_moe",
-            "--preset",
-            "tiny",
-            "--out",
-        ])
-        .arg(&model)
-        .arg("--force")
-        .env("MOEFLOW_LOG", "warn")
-        .stdout(Stdio::null())
-        .status()
-        .expect("init-model");
-    assert!(init.success());
+    init_tiny_with_cli(&model);
     let (port, grpc, registry) = (free_port(), free_port(), free_port());
     let mut router = Command::new(BIN)
         .args(["router", "--prefill-workers", "0", "--decode-workers", "2"])

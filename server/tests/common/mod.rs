@@ -23,6 +23,27 @@ pub fn golden(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Writes the tiny qwen3_moe checkpoint to `out` through `moeflow init-model`, as a user or
+/// the Kubernetes manifests' init container does.
+pub fn init_tiny_with_cli(out: &Path) {
+    let ok = Command::new(BIN)
+        .args([
+            "init-model",
+            "--arch",
+            "qwen3_moe",
+            "--preset",
+            "tiny",
+            "--force",
+        ])
+        .arg("--out")
+        .arg(out)
+        .env("MOEFLOW_LOG", "warn")
+        .stdout(Stdio::null())
+        .status()
+        .expect("init-model");
+    assert!(ok.success(), "moeflow init-model failed");
+}
+
 pub fn target(dir: &Path) -> PlanTarget {
     let s = ModelConfig::from_dir(dir).expect("config").shape();
     PlanTarget {
