@@ -62,7 +62,7 @@ for s in $SECTIONS; do
     replace) section replace env WORK="$OUT_ROOT/replace" bench/placement_e2e.sh ;;
     hiccup)
       section hiccup env WORK="$OUT_ROOT/hiccup" STEADY=1 DELAY=10 bench/replace_hiccup.sh
-      section hiccup-control env WORK="$OUT_ROOT/hiccup" STEADY=1 DELAY=10 NO_APPLY=1 \
+      section hiccup-control env WORK="$OUT_ROOT/hiccup-control" STEADY=1 DELAY=10 NO_APPLY=1 \
         bench/replace_hiccup.sh ;;
     *) echo "unknown section $s (known: $ALL)" >&2; exit 2 ;;
   esac
