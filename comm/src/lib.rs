@@ -25,6 +25,7 @@ mod inproc;
 mod mailbox;
 #[cfg(feature = "nccl")]
 mod nccl;
+pub mod probe;
 mod stats;
 pub mod tcp;
 mod typed;

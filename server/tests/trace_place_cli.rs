@@ -300,6 +300,42 @@ fn plans_from_prefill_counts_and_replays_decode() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("mem_bw"), "{err}");
 
+    // `place profile` measures this machine (small probe) and writes a profile that eval
+    // takes; an inter-node bandwidth it cannot use is refused by name.
+    let measured = tmp.path().join("measured.json");
+    let probe = [
+        "place",
+        "profile",
+        "--hidden-size",
+        "64",
+        "--intermediate-size",
+        "32",
+        "--experts",
+        "2",
+        "--tokens",
+        "8",
+        "--repeats",
+        "3",
+        "--link-bytes",
+        "65536",
+    ];
+    let table = ok(&[&probe[..], &["--out", s(&measured)]].concat());
+    assert!(
+        table.contains("mem_bw") && table.contains("intra_node_bw"),
+        "{table}"
+    );
+    let p: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&measured).unwrap()).unwrap();
+    for field in ["flops", "mem_bw", "intra_node_bw"] {
+        assert!(p[field].as_f64().is_some_and(|v| v > 0.0), "{p}");
+    }
+    assert_eq!(p["inter_node_bw"].as_f64(), Some(1.25e9));
+    assert!(step_time(s(&measured)) > 0.0);
+    let out = moeflow(&[&probe[..], &["--inter-node-bw", "0"]].concat());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("inter_node_bw"), "{err}");
+
     // A plan for another expert count is refused before anything is replayed.
     let tiny_counts = tmp.path().join("tiny");
     ok(&[

@@ -13,6 +13,7 @@ pub mod kv_cache;
 pub mod model;
 pub mod moe;
 pub mod nn;
+pub mod profile;
 pub mod progress;
 pub mod runtime;
 pub mod sampling;

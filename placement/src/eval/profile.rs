@@ -48,7 +48,8 @@ impl DeviceProfile {
     /// (e.g. 32 cores with two AVX-512 FMA units at 2 GHz, at about half of peak), 100 GB/s
     /// of memory bandwidth (a few DDR5 channels), 10 GB/s between ranks on one host (TCP over
     /// loopback) and 1.25 GB/s between hosts (10 GbE). Replace it with measured numbers when
-    /// the ratios matter.
+    /// the ratios matter: `moeflow place profile` measures them (on the 2-core development
+    /// VM: 1.8e11 FLOP/s, 2.9e10 B/s, 3.3e9 B/s; BENCHMARKS.md).
     pub fn cpu() -> Self {
         Self {
             name: "cpu".into(),

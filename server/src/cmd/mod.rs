@@ -7,6 +7,7 @@ pub mod group;
 pub mod init_model;
 pub mod place;
 pub mod place_plan;
+pub mod place_profile;
 pub mod router;
 pub mod serve;
 pub mod sources;

@@ -11,7 +11,7 @@ use moeflow_placement::PlacementPlan;
 use moeflow_proto::v1 as pb;
 use moeflow_proto::v1::admin_client::AdminClient;
 
-use super::place_plan;
+use super::{place_plan, place_profile};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -31,6 +31,9 @@ pub enum PlaceCommand {
     Apply(ApplyArgs),
     /// Print the placement plan a running group uses (JSON).
     Show(ShowArgs),
+    /// Measure this machine's device profile (FLOP/s, memory and link bandwidth) for
+    /// `--profile FILE`.
+    Profile(place_profile::ProfileArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -71,6 +74,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         PlaceCommand::Compare(a) => place_plan::compare(a),
         PlaceCommand::Apply(a) => block_on(apply(a)),
         PlaceCommand::Show(s) => block_on(show(s)),
+        PlaceCommand::Profile(a) => place_profile::profile(a),
     }
 }
 
