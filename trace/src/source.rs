@@ -289,13 +289,53 @@ fn root_components(root: &Path) -> Vec<String> {
     comps[comps.len().saturating_sub(4)..].to_vec()
 }
 
-/// Detects the format of `path` (a file or a directory tree) and determines the shape.
+/// The binary file of a recording directory (`io::recording`): `dir` holds a moeflow binary
+/// `trace.mfbin` and a `paper/` folder; anything else in `dir` is not part of the recording
+/// and makes it an ordinary directory.
+fn recording_binary(dir: &Path, meta: &std::fs::Metadata) -> Result<Option<Unit>, SourceError> {
+    use crate::io::recording::{BINARY_FILE, PAPER_DIR};
+    if !meta.is_dir() || !dir.join(PAPER_DIR).is_dir() {
+        return Ok(None);
+    }
+    let bin = dir.join(BINARY_FILE);
+    let Ok(bin_meta) = std::fs::metadata(&bin) else {
+        return Ok(None);
+    };
+    if !bin_meta.is_file() || classify(&bin).map_err(io_err(&bin))? != Some(Kind::Binary) {
+        return Ok(None);
+    }
+    let entries = std::fs::read_dir(dir).map_err(io_err(dir))?;
+    for e in entries {
+        let name = e.map_err(io_err(dir))?.file_name();
+        let name = name.to_string_lossy();
+        if name != PAPER_DIR && name != BINARY_FILE && !name.starts_with('.') {
+            return Ok(None);
+        }
+    }
+    Ok(Some(Unit {
+        path: bin,
+        rel: vec![BINARY_FILE.to_string()],
+        kind: Kind::Binary,
+        size: bin_meta.len(),
+    }))
+}
+
+/// Detects the format of `path` (a file or a directory tree) and determines the shape. A
+/// moeflow recording directory (`io::recording`) is read through its binary file alone.
 pub fn open(path: &Path, opts: &ReadOptions) -> Result<Source, SourceError> {
     if opts.threads == 0 {
         return Err(SourceError::Threads(0));
     }
     let meta = std::fs::metadata(path).map_err(io_err(path))?;
-    let (root, mut units) = if meta.is_dir() {
+    let (root, mut units) = if let Some(unit) = recording_binary(path, &meta)? {
+        tracing::info!(
+            path = %path.display(),
+            "a moeflow recording: reading {}, whose requests {}/ repeats in the paper's layout",
+            crate::io::recording::BINARY_FILE,
+            crate::io::recording::PAPER_DIR,
+        );
+        (path.to_path_buf(), vec![unit])
+    } else if meta.is_dir() {
         let mut units = Vec::new();
         walk(path, &mut Vec::new(), &mut units)?;
         (path.to_path_buf(), units)

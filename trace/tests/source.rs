@@ -6,6 +6,7 @@ mod common;
 use std::path::Path;
 
 use moeflow_trace::io::paper::render;
+use moeflow_trace::io::recording;
 use moeflow_trace::{
     open, BinaryWriter, Format, LoadSummary, Origin, PaperTreeWriter, Phase, ReadOptions,
     ReadReport, Source, TraceItem, MISSING_EXPERT,
@@ -27,6 +28,20 @@ fn read_all(src: &Source) -> (Vec<TraceItem>, ReadReport) {
     let mut items: Vec<TraceItem> = accs.into_iter().flatten().collect();
     items.sort_by(|a, b| a.id().cmp(b.id()));
     (items, report)
+}
+
+/// The expert loads of every item of `src`, merged over the reading threads.
+fn loads(src: &Source) -> (LoadSummary, ReadReport) {
+    let shape = src.shape().clone();
+    let (accs, report) = src
+        .fold(
+            || LoadSummary::new(shape.clone(), false),
+            |acc, item| acc.add(&item).unwrap(),
+        )
+        .unwrap();
+    let mut total = LoadSummary::new(shape.clone(), false);
+    accs.iter().for_each(|a| total.merge(a));
+    (total, report)
 }
 
 fn reason<'a>(report: &'a ReadReport, path_part: &str) -> &'a str {
@@ -193,14 +208,7 @@ fn binary_source_streams_in_parallel_and_reports_a_cut_last_block() {
     let src = open(&path, &opts(None)).unwrap();
     assert_eq!(src.format(), Format::Binary);
     assert_eq!(src.shape(), &shape);
-    let (accs, report) = src
-        .fold(
-            || LoadSummary::new(shape.clone(), false),
-            |acc, item| acc.add(&item).unwrap(),
-        )
-        .unwrap();
-    let mut total = LoadSummary::new(shape.clone(), false);
-    accs.iter().for_each(|a| total.merge(a));
+    let (total, report) = loads(&src);
     assert_eq!(total, single);
     assert_eq!(report.items, 49);
     assert_eq!(report.bytes, len - 10);
@@ -309,4 +317,38 @@ fn a_directory_of_mixed_formats_reads_one_and_reports_the_rest() {
     assert_eq!(src.format(), Format::Jsonl);
     assert_eq!(report.items, 3);
     assert!(reason(&report, "paper-format.json").contains("paper JSON file in a JSONL"));
+}
+
+#[test]
+fn a_recording_directory_is_read_once_through_its_binary_file() {
+    // What `moeflow serve --trace-dir DIR` writes: the same requests as DIR/paper/... and
+    // DIR/trace.mfbin.
+    let shape = common::shape(6, 1, 16, 2);
+    let mut rng = common::Rng::new(5);
+    let dir = tempfile::tempdir().unwrap();
+    let paper = dir.path().join(recording::PAPER_DIR);
+    let tree = PaperTreeWriter::new(&paper, "org/model", &shape).unwrap();
+    let mut bin = BinaryWriter::create(&dir.path().join(recording::BINARY_FILE), &shape).unwrap();
+    let mut want = LoadSummary::new(shape.clone(), false);
+    for i in 0..6 {
+        let r = common::request(&mut rng, &shape, &format!("r{i}"), 9, 4, true);
+        tree.write(&r).unwrap();
+        bin.append(&r).unwrap();
+        want.add(&TraceItem::Request(r)).unwrap();
+    }
+    bin.finish().unwrap();
+    let src = open(dir.path(), &opts(Some(16))).unwrap();
+    assert_eq!(src.format(), Format::Binary);
+    let (got, report) = loads(&src);
+    assert_eq!(report.items, 6);
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    assert_eq!(got, want, "every request counted once");
+
+    // Anything else beside them makes it an ordinary directory again: the majority format
+    // (the paper files) is read and the binary file is reported.
+    std::fs::write(dir.path().join("notes.json"), b"[]").unwrap();
+    let src = open(dir.path(), &opts(Some(16))).unwrap();
+    assert_eq!(src.format(), Format::PaperTree);
+    let (_, report) = loads(&src);
+    assert!(reason(&report, recording::BINARY_FILE).contains("binary file in a paper JSON"));
 }

@@ -10,6 +10,17 @@ pub mod paper;
 pub mod paper_scan;
 pub mod sglang;
 
+/// The layout `moeflow serve --trace-dir DIR` records into: the same requests twice, as the
+/// paper's JSON tree under `DIR/paper/` (for existing tools) and as one binary file (compact,
+/// with gate weights and metadata). A reader given such a directory reads the binary file only
+/// (see [`crate::open`]): reading both would count every request twice.
+pub mod recording {
+    /// Folder of the paper's JSON tree under a recording directory.
+    pub const PAPER_DIR: &str = "paper";
+    /// The binary file under a recording directory.
+    pub const BINARY_FILE: &str = "trace.mfbin";
+}
+
 use std::path::PathBuf;
 
 use crate::model::TraceModelError;

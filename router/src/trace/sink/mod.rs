@@ -12,10 +12,9 @@ use moeflow_trace::ModelShape;
 pub use binary::BinarySink;
 pub use paper::PaperTreeSink;
 
-/// Folder of the paper's JSON tree under the trace directory.
-pub const PAPER_DIR: &str = "paper";
-/// The binary columnar file under the trace directory.
-pub const BINARY_FILE: &str = "trace.mfbin";
+/// Folder of the paper's JSON tree and name of the binary file under the trace directory:
+/// the trace crate's recording layout, which its readers recognise.
+pub use moeflow_trace::io::recording::{BINARY_FILE, PAPER_DIR};
 
 /// Both outputs under `dir`: the paper's JSON tree (`dir/paper/<org>/<model>/...`) and the
 /// binary file `dir/trace.mfbin` (created, or truncated, now).
