@@ -13,6 +13,8 @@ use half::{bf16, f16};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype as StDtype, SafeTensors};
 
+use crate::config::WeightFormat;
+
 /// Why a checkpoint's weights could not be read. Each variant names the file and, where one
 /// is at fault, the tensor.
 #[derive(Debug, thiserror::Error)]
@@ -38,11 +40,20 @@ pub enum WeightsError {
         expected: Vec<usize>,
         actual: Vec<usize>,
     },
-    #[error("{path}: tensor `{name}` has dtype {dtype}, supported: F32, BF16, F16")]
+    #[error(
+        "{path}: tensor `{name}` has dtype {dtype}, supported: F32, BF16, F16, and F8_E4M3 with \
+         block scales (block-wise fp8 checkpoints)"
+    )]
     Dtype {
         path: PathBuf,
         name: String,
         dtype: String,
+    },
+    #[error("{path}: FP8 tensor `{name}`: {msg}")]
+    Fp8 {
+        path: PathBuf,
+        name: String,
+        msg: String,
     },
     #[error("tensor `{name}`: {source}")]
     Tensor {
@@ -73,6 +84,7 @@ pub struct WeightStore {
     tensors: HashMap<String, TensorEntry>,
     dtype: DType,
     device: Device,
+    format: WeightFormat,
 }
 
 impl std::fmt::Debug for WeightStore {
@@ -151,7 +163,16 @@ impl WeightStore {
             tensors,
             dtype,
             device: device.clone(),
+            format: WeightFormat::Float,
         })
+    }
+
+    /// How the checkpoint stores its weights (`config.json`'s `quantization_config`): with
+    /// [`WeightFormat::Fp8Block`], F8_E4M3 tensors are dequantized with their
+    /// `<name>_scale_inv` tiles while they are read.
+    pub fn with_format(mut self, format: WeightFormat) -> Self {
+        self.format = format;
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -260,6 +281,15 @@ impl WeightStore {
         for (i, name) in names.iter().enumerate() {
             let e = self.entry(name)?;
             self.check_shape(name, e, &[rows, cols])?;
+            if e.dtype == StDtype::F8_E4M3 {
+                let v = self.fp8_values(name, e, e.start, e.end, &[rows, cols])?;
+                for r in 0..rows {
+                    for c in 0..cols {
+                        out[c * total + i * rows + r] = conv(v[r * cols + c]);
+                    }
+                }
+                continue;
+            }
             let file = &self.files[e.file];
             let bytes = &file.mmap[e.start..e.end];
             let decode: fn(&[u8], usize) -> f32 = match e.dtype {
@@ -315,6 +345,15 @@ impl WeightStore {
         shape: &[usize],
         dtype: DType,
     ) -> Result<Tensor, WeightsError> {
+        if e.dtype == StDtype::F8_E4M3 {
+            let v = self.fp8_values(name, e, start, end, shape)?;
+            return Tensor::from_vec(v, shape, &self.device)
+                .and_then(|t| t.to_dtype(dtype))
+                .map_err(|source| WeightsError::Tensor {
+                    name: name.to_string(),
+                    source,
+                });
+        }
         let file = &self.files[e.file];
         let bytes = &file.mmap[start..end];
         let as_f32 = |it: &mut dyn Iterator<Item = f32>| -> Vec<f32> { it.collect() };
@@ -342,29 +381,12 @@ impl WeightStore {
                 Tensor::from_vec(v, shape, &self.device)
             }
             (src, dst) => {
-                let v: Vec<f32> = match src {
-                    StDtype::F32 => as_f32(
-                        &mut bytes
-                            .chunks_exact(4)
-                            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-                    ),
-                    StDtype::BF16 => as_f32(
-                        &mut bytes
-                            .chunks_exact(2)
-                            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()),
-                    ),
-                    StDtype::F16 => as_f32(
-                        &mut bytes
-                            .chunks_exact(2)
-                            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()),
-                    ),
-                    other => {
-                        return Err(WeightsError::Dtype {
-                            path: file.path.clone(),
-                            name: name.to_string(),
-                            dtype: format!("{other:?}"),
-                        })
-                    }
+                let Some(v) = floats_to_f32(src, bytes) else {
+                    return Err(WeightsError::Dtype {
+                        path: file.path.clone(),
+                        name: name.to_string(),
+                        dtype: format!("{src:?}"),
+                    });
                 };
                 Tensor::from_vec(v, shape, &self.device).and_then(|t| t.to_dtype(dst))
             }
@@ -376,6 +398,115 @@ impl WeightStore {
         release(&file.mmap, start, end - start);
         Ok(t)
     }
+}
+
+impl WeightStore {
+    /// The f32 values of the F8_E4M3 tensor `name` (2-D `[rows, cols]`, read whole): each
+    /// element decoded and multiplied by the scale of its tile in `<name>_scale_inv`
+    /// (`[ceil(rows / block[0]), ceil(cols / block[1])]`, F32/BF16/F16), the dequantization
+    /// of DeepSeek's published checkpoints.
+    fn fp8_values(
+        &self,
+        name: &str,
+        e: &TensorEntry,
+        start: usize,
+        end: usize,
+        shape: &[usize],
+    ) -> Result<Vec<f32>, WeightsError> {
+        let path = &self.files[e.file].path;
+        let fail = |msg: String| WeightsError::Fp8 {
+            path: path.clone(),
+            name: name.to_string(),
+            msg,
+        };
+        let WeightFormat::Fp8Block { block: [br, bc] } = self.format else {
+            return Err(fail(
+                "config.json has no block-wise fp8 `quantization_config`, so its scales are unknown"
+                    .into(),
+            ));
+        };
+        let &[rows, cols] = shape else {
+            return Err(fail(format!(
+                "only 2-D weights are read as FP8, asked for shape {shape:?}"
+            )));
+        };
+        if start != e.start || end != e.end || e.end - e.start != rows * cols {
+            return Err(fail(
+                "FP8 weights are read whole, not as part of a fused tensor".into(),
+            ));
+        }
+        let scale_name = format!("{name}_scale_inv");
+        let s = self.entry(&scale_name)?;
+        let grid = [rows.div_ceil(br), cols.div_ceil(bc)];
+        self.check_shape(&scale_name, s, &grid)?;
+        let sbytes = &self.files[s.file].mmap[s.start..s.end];
+        let Some(scales) = floats_to_f32(s.dtype, sbytes) else {
+            return Err(WeightsError::Dtype {
+                path: self.files[s.file].path.clone(),
+                name: scale_name,
+                dtype: format!("{:?}", s.dtype),
+            });
+        };
+        let bytes = &self.files[e.file].mmap[start..end];
+        let lut = &*E4M3;
+        let mut out = Vec::with_capacity(rows * cols);
+        for r in 0..rows {
+            let srow = &scales[(r / br) * grid[1]..][..grid[1]];
+            let brow = &bytes[r * cols..][..cols];
+            out.extend(
+                brow.iter()
+                    .enumerate()
+                    .map(|(c, &b)| lut[b as usize] * srow[c / bc]),
+            );
+        }
+        release(&self.files[e.file].mmap, start, end - start);
+        Ok(out)
+    }
+}
+
+/// The little-endian F32, BF16 or F16 values in `bytes` as f32; `None` for other dtypes.
+fn floats_to_f32(dtype: StDtype, bytes: &[u8]) -> Option<Vec<f32>> {
+    Some(match dtype {
+        StDtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        StDtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        StDtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        _ => return None,
+    })
+}
+
+/// Every F8_E4M3 ("fn" variant: exponent bias 7, no infinities, S.1111.111 is NaN) byte's
+/// value.
+static E4M3: std::sync::LazyLock<[f32; 256]> = std::sync::LazyLock::new(|| {
+    let mut t = [0f32; 256];
+    for (b, v) in t.iter_mut().enumerate() {
+        *v = e4m3_to_f32(b as u8);
+    }
+    t
+});
+
+/// One F8_E4M3 value, from the format's definition.
+fn e4m3_to_f32(b: u8) -> f32 {
+    let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
+    let exp = i32::from((b >> 3) & 0x0f);
+    let man = f32::from(b & 0x07);
+    if exp == 0x0f && b & 0x07 == 0x07 {
+        return f32::NAN;
+    }
+    let magnitude = if exp == 0 {
+        man / 8.0 * 2f32.powi(-6)
+    } else {
+        (1.0 + man / 8.0) * 2f32.powi(exp - 7)
+    };
+    sign * magnitude
 }
 
 /// Drops the just-copied pages from this process's resident set; the kernel can re-read them
@@ -474,5 +605,88 @@ mod tests {
                 assert!(err.to_string().contains("`a`"), "{err}");
             }
         }
+    }
+
+    /// Every E4M3 code decodes as the float8 crate (candle's F8E4M3) decodes it.
+    #[test]
+    fn e4m3_matches_an_independent_decoder() {
+        let codes: Vec<u8> = (0..=255).collect();
+        let t = Tensor::from_raw_buffer(&codes, DType::F8E4M3, &[256], &Device::Cpu)
+            .and_then(|t| t.to_dtype(DType::F32))
+            .and_then(|t| t.to_vec1::<f32>())
+            .unwrap();
+        for (b, want) in codes.iter().zip(t) {
+            let got = E4M3[*b as usize];
+            assert!(
+                got == want || (got.is_nan() && want.is_nan()),
+                "{b:#04x}: {got} vs {want}"
+            );
+        }
+        assert_eq!(E4M3[0x7e], 448.0);
+        assert_eq!(E4M3[0x01], 2f32.powi(-9));
+    }
+
+    /// A block-wise FP8 weight dequantizes tile by tile, through `get` and
+    /// `get_stacked_transposed`; a missing or misshapen scale and an FP8 tensor without the
+    /// config are refused by name.
+    #[test]
+    fn fp8_weights_dequantize_with_their_tile_scales() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = Device::Cpu;
+        // 3 x 5 codes (values exactly representable), 2 x 2 tiles: scales grid 2 x 3.
+        let q: Vec<f32> = (0..15).map(|i| (i as f32 - 7.0) * 0.5).collect();
+        let scales = [1.0f32, 2.0, 4.0, 8.0, 16.0, 32.0];
+        let w = Tensor::from_vec(q.clone(), (3, 5), &dev).unwrap();
+        let tensors = [
+            ("l.weight", w.to_dtype(DType::F8E4M3).unwrap()),
+            (
+                "l.weight_scale_inv",
+                Tensor::from_vec(scales.to_vec(), (2, 3), &dev).unwrap(),
+            ),
+            ("bad.weight", w.to_dtype(DType::F8E4M3).unwrap()),
+            (
+                "bad.weight_scale_inv",
+                Tensor::ones((1, 3), DType::F32, &dev).unwrap(),
+            ),
+            ("lone.weight", w.to_dtype(DType::F8E4M3).unwrap()),
+        ];
+        let path = dir.path().join("model.safetensors");
+        candle_core::safetensors::save(&tensors.into_iter().collect(), &path).unwrap();
+        let want: Vec<f32> = (0..15)
+            .map(|i| q[i] * scales[(i / 5) / 2 * 3 + (i % 5) / 2])
+            .collect();
+
+        let ws = WeightStore::open(dir.path(), DType::F32, &dev)
+            .unwrap()
+            .with_format(WeightFormat::Fp8Block { block: [2, 2] });
+        let got = ws.get("l.weight", &[3, 5]).unwrap();
+        assert_eq!(got.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want);
+        let bf = WeightStore::open(dir.path(), DType::BF16, &dev)
+            .unwrap()
+            .with_format(WeightFormat::Fp8Block { block: [2, 2] });
+        let got = bf.get("l.weight", &[3, 5]).unwrap();
+        assert_eq!(got.dtype(), DType::BF16);
+        let st = ws.get_stacked_transposed(&["l.weight"], 3, 5).unwrap();
+        let want_t = Tensor::from_vec(want.clone(), (3, 5), &dev)
+            .and_then(|t| t.t())
+            .unwrap();
+        assert_eq!(
+            st.to_vec2::<f32>().unwrap(),
+            want_t.to_vec2::<f32>().unwrap()
+        );
+
+        let err = ws.get("bad.weight", &[3, 5]).unwrap_err().to_string();
+        assert!(
+            err.contains("bad.weight_scale_inv") && err.contains("[2, 3]"),
+            "{err}"
+        );
+        let err = ws.get("lone.weight", &[3, 5]).unwrap_err().to_string();
+        assert!(err.contains("lone.weight_scale_inv"), "{err}");
+        let plain = WeightStore::open(dir.path(), DType::F32, &dev).unwrap();
+        let err = plain.get("l.weight", &[3, 5]).unwrap_err().to_string();
+        assert!(
+            err.contains("quantization_config") && err.contains("l.weight"),
+            "{err}"
+        );
     }
 }

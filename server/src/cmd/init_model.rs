@@ -25,14 +25,32 @@ pub struct Args {
     /// Write into a non-empty directory, overwriting the checkpoint's files.
     #[arg(long)]
     pub force: bool,
+    /// Store the projection weights in block-wise FP8 (F8_E4M3 plus per-tile scales and a
+    /// `quantization_config`), the layout DeepSeek-V3/R1 are published in.
+    #[arg(long)]
+    pub fp8: bool,
+    /// With `--fp8`: rows and columns of one scale tile (DeepSeek's: 128).
+    #[arg(long, default_value_t = 128, requires = "fp8")]
+    pub fp8_block: usize,
 }
 
 /// Writes the checkpoint and prints a one-line summary on stdout.
 pub fn run(args: Args) -> anyhow::Result<()> {
     check_target(&args.out, args.force)?;
+    if args.fp8_block == 0 {
+        anyhow::bail!("--fp8-block must be positive");
+    }
     let summary = synth::init_model(args.arch, args.preset, &args.out, args.seed)
         .with_context(|| format!("init-model into {}", args.out.display()))?;
     println!("{summary}");
+    if args.fp8 {
+        let n = synth::fp8::quantize_fp8(&args.out, [args.fp8_block, args.fp8_block])
+            .with_context(|| format!("FP8 weights in {}", args.out.display()))?;
+        println!(
+            "{n} projection weights stored as F8_E4M3 with {0}x{0} tile scales",
+            args.fp8_block
+        );
+    }
     Ok(())
 }
 

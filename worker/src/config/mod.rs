@@ -9,6 +9,7 @@
 mod arch;
 mod deepseek_v3;
 mod llama4;
+mod quant;
 mod qwen3_moe;
 mod rope;
 mod source;
@@ -16,6 +17,7 @@ mod source;
 pub use arch::{Arch, UnknownArch};
 pub use deepseek_v3::DeepseekV3Config;
 pub use llama4::Llama4Config;
+pub use quant::WeightFormat;
 pub use qwen3_moe::Qwen3MoeConfig;
 pub use rope::{RopeConfig, RopeScaling};
 pub use source::ConfigSource;

@@ -38,7 +38,8 @@ impl ExpertReader {
         Ok(Self {
             moe_layers: config.shape().moe_layers,
             config,
-            ws: WeightStore::open(dir, dtype, device)?,
+            ws: WeightStore::open(dir, dtype, device)?
+                .with_format(crate::config::WeightFormat::from_dir(dir)?),
         })
     }
 

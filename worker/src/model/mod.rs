@@ -129,7 +129,8 @@ impl Transformer {
     /// Loads the checkpoint in `dir` (config.json plus safetensors).
     pub fn load(dir: &Path, opts: LoadOptions<'_>) -> Result<Self> {
         let config = ModelConfig::from_dir(dir)?;
-        let ws = WeightStore::open(dir, opts.dtype, opts.device)?;
+        let ws = WeightStore::open(dir, opts.dtype, opts.device)?
+            .with_format(crate::config::WeightFormat::from_dir(dir)?);
         let progress = crate::progress::bar(config.shape().num_layers as u64, "loading layers");
         let t = match &config {
             ModelConfig::Qwen3Moe(c) => qwen3_moe::load(c, &ws, &opts, &progress)?,

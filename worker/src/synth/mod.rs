@@ -8,6 +8,7 @@
 //! give the same bytes.
 
 pub mod deepseek_v3;
+pub mod fp8;
 pub mod llama4;
 pub mod qwen3_moe;
 pub mod tensors;
