@@ -127,13 +127,16 @@ fn planners_on_deepseek_v3_counts() {
                     let bound = ceg[l].min(ceh[l]);
                     assert!(*v <= bound * (1.0 + 1e-9), "{name} {ranks} R{r} layer {l}");
                 }
-                // On the decode loads they were not planned from. Measured (see
-                // docs/placement-plan.md): at most 0.003 above eplb-global in these cells
-                // (32 ranks, R=1: prefill-aware 1.426 against 1.423); the strict bound does
-                // not hold for every cell, so the margin is pinned here.
+                // On the decode loads they were not planned from: never above eplb (the
+                // issue's, hierarchical where it applies). prefill-aware leaves EPLB's
+                // layouts only for a clear win (`DEFAULT_MIN_WIN_SHARE`), so it stays within
+                // rounding of eplb-global too; traffic-aware's spreading of hot replicas over
+                // nodes, which eplb-global does not do, may cost a little (measured: at most
+                // 0.003, e.g. in2000out100, 64 ranks, R=1: 1.400 against 1.397; BENCHMARKS.md).
                 let m = score(name, &pin, &decode);
+                let margin = if name == "prefill-aware" { 5e-4 } else { 0.005 };
                 assert!(
-                    m <= eg + 0.005,
+                    m <= eg + margin,
                     "{name} {ranks} R{r}: {m} > eplb-global {eg}"
                 );
                 assert!(m <= eh + 1e-9, "{name} {ranks} R{r}: {m} > eplb {eh}");

@@ -2,7 +2,8 @@
 
 use moeflow_placement::eval::{DeviceProfile, EvalOptions, Evaluator};
 use moeflow_placement::planner::{
-    by_name, expected_busiest, LoadNoise, PlanInput, DEFAULT_LOAD_NOISE, NAMES,
+    by_name, expected_busiest, LoadNoise, PlanInput, DEFAULT_LOAD_NOISE, DEFAULT_MIN_WIN_SHARE,
+    NAMES,
 };
 use moeflow_placement::{CostModel, PlacementPlan, PlanTarget};
 use moeflow_trace::{CountsTrace, ModelShape, TraceItem};
@@ -33,6 +34,7 @@ fn input(load: Vec<Vec<f64>>, ranks: usize, redundant: usize) -> PlanInput {
         // Judged on the loads exactly, so that the evaluator's maximum is the planners' own
         // criterion.
         load_noise: LoadNoise::NONE,
+        min_win_share: DEFAULT_MIN_WIN_SHARE,
         model: None,
         source: Some("random".into()),
     }

@@ -16,7 +16,9 @@ mod traffic_aware;
 pub use contiguous::Contiguous;
 pub use eplb::Eplb;
 pub use prefill_aware::{PrefillAware, PrefillAwareVariant};
-pub use robust::{load_noise, LoadNoise, DEFAULT_LOAD_NOISE, ROBUST_SAMPLES};
+pub use robust::{
+    load_noise, LoadNoise, DEFAULT_LOAD_NOISE, DEFAULT_MIN_WIN_SHARE, ROBUST_SAMPLES,
+};
 pub use round_robin::RoundRobin;
 pub use traffic_aware::TrafficAware;
 
@@ -58,6 +60,8 @@ pub enum PlannerError {
     Groups { groups: usize, experts: usize },
     #[error("load_noise {value:?} must have finite non-negative group and expert spreads")]
     LoadNoise { value: LoadNoise },
+    #[error("min_win_share {value} must be between 0 and 1")]
+    MinWinShare { value: f64 },
     #[error("load has layers {got:?}, the model's MoE layers are {want:?}")]
     LoadLayers { got: Vec<usize>, want: Vec<usize> },
     #[error("load of layer {layer} has {got} experts, the model has {want}")]
@@ -121,6 +125,10 @@ pub struct PlanInput {
     /// busiest rank under loads perturbed this much; [`LoadNoise::NONE`] judges layouts on
     /// `load` exactly.
     pub load_noise: LoadNoise,
+    /// The share of perturbed loads in which a layout must beat EPLB's before a load-aware
+    /// planner leaves EPLB's layout (see [`DEFAULT_MIN_WIN_SHARE`]); 0 asks only for a win
+    /// on average.
+    pub min_win_share: f64,
     /// Provenance copied into the plan.
     pub model: Option<String>,
     pub source: Option<String>,
@@ -162,6 +170,7 @@ impl PlanInput {
             pairs,
             cost: CostModel::default(),
             load_noise: DEFAULT_LOAD_NOISE,
+            min_win_share: DEFAULT_MIN_WIN_SHARE,
             model: None,
             source: None,
             target,
@@ -192,6 +201,11 @@ impl PlanInput {
 
     pub fn with_load_noise(mut self, load_noise: LoadNoise) -> Self {
         self.load_noise = load_noise;
+        self
+    }
+
+    pub fn with_min_win_share(mut self, share: f64) -> Self {
+        self.min_win_share = share;
         self
     }
 
@@ -261,6 +275,11 @@ impl PlanInput {
         if !self.load_noise.is_valid() {
             return Err(PlannerError::LoadNoise {
                 value: self.load_noise,
+            });
+        }
+        if !(0.0..=1.0).contains(&self.min_win_share) {
+            return Err(PlannerError::MinWinShare {
+                value: self.min_win_share,
             });
         }
         if self.load.len() != self.target.moe_layers.len() {
@@ -438,6 +457,7 @@ pub(crate) mod testutil {
             pairs: None,
             cost: linear_cost(),
             load_noise: LoadNoise::NONE,
+            min_win_share: DEFAULT_MIN_WIN_SHARE,
             model: None,
             source: None,
         }

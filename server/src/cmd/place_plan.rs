@@ -46,6 +46,11 @@ pub struct GroupArgs {
     /// Expert groups of the router (DeepSeek-V3: 8), for EPLB's hierarchical mode.
     #[arg(long, default_value_t = 1)]
     pub groups: usize,
+    /// prefill-aware and traffic-aware leave EPLB's layout of a layer only for one that is
+    /// better on average under the load noise and in at least this share of the perturbed
+    /// loads (0 to 1; 0: on average only).
+    #[arg(long, default_value_t = planner::DEFAULT_MIN_WIN_SHARE)]
+    pub min_win_share: f64,
     #[command(flatten)]
     pub cost: CostArgs,
 }
@@ -243,6 +248,7 @@ fn plan_input(
         PlanInput::from_load(target, load, group.ranks, group.redundant)?
             .with_nodes(group.ranks_per_node)
             .with_groups(group.groups)
+            .with_min_win_share(group.min_win_share)
             .with_top_k(shape.top_k.max(1))
             .with_cost(group.cost.cost()?)
             .with_source(shape.model.clone(), Some(source)),
