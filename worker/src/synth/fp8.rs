@@ -42,9 +42,13 @@ pub fn quantize_fp8(dir: &Path, block: [usize; 2]) -> Result<usize, SynthError> 
         out.insert(name, codes);
         quantized += 1;
     }
-    let tmp = dir.join("model.safetensors.fp8-tmp");
-    candle_core::safetensors::save(&out, &tmp).map_err(|e| tensor_err("*", e))?;
-    std::fs::rename(&tmp, &weights).map_err(io(&weights))?;
+    // Written to a temporary file and renamed over the original (by safetensors), which
+    // leaves the temporary file's owner-only mode: the checkpoint keeps its own.
+    let mode = std::fs::metadata(&weights)
+        .map_err(io(&weights))?
+        .permissions();
+    candle_core::safetensors::save(&out, &weights).map_err(|e| tensor_err("*", e))?;
+    std::fs::set_permissions(&weights, mode).map_err(io(&weights))?;
 
     let config = dir.join("config.json");
     let text = std::fs::read_to_string(&config).map_err(io(&config))?;
