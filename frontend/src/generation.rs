@@ -31,10 +31,12 @@ pub struct Prepared {
 }
 
 /// One generated token.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TokenOut {
     pub id: u32,
     pub logprob: f32,
+    /// The most likely tokens at its position, most likely first (as many as asked for).
+    pub top: Vec<(u32, f32)>,
 }
 
 /// New output text and the tokens that produced it. A token whose text is still held back
@@ -135,10 +137,10 @@ impl Generation {
                 )));
             };
             match event {
-                TokenEvent::Token { id, logprob } => {
+                TokenEvent::Token { id, logprob, top } => {
                     self.metrics.token();
                     self.completion_tokens += 1;
-                    self.pending.push(TokenOut { id, logprob });
+                    self.pending.push(TokenOut { id, logprob, top });
                     let text = match self.decoder.step(&self.tokenizer, id) {
                         Ok(t) => t,
                         Err(e) => return Some(self.fail(detok_error(e))),

@@ -114,6 +114,7 @@ impl GrpcFrontend {
             top_p: params.top_p,
             top_k: Some(i64::from(params.top_k)),
             seed: params.seed,
+            top_logprobs: 0,
         })
         .map_err(in_sampling)?;
         let requested = (params.max_tokens > 0).then_some(params.max_tokens);

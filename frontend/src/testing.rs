@@ -55,6 +55,15 @@ impl FakeConfig {
     }
 }
 
+/// The alternatives the fake reports when asked for `n`: the emitted token first (with its
+/// [`fake_logprob`]), then the ids after it (modulo `vocab`), each one nat less likely.
+pub fn fake_top(id: u32, i: usize, n: u32, vocab: u32) -> Vec<(u32, f32)> {
+    let vocab = vocab.max(1);
+    (0..n)
+        .map(|k| ((id + k) % vocab, fake_logprob(i) - k as f32))
+        .collect()
+}
+
 /// Logprob the fake reports for the i-th token.
 pub fn fake_logprob(i: usize) -> f32 {
     -0.25 * (i % 4) as f32 - 0.125
@@ -245,6 +254,12 @@ impl FakeBackend {
             let token = TokenEvent::Token {
                 id,
                 logprob: fake_logprob(i),
+                top: fake_top(
+                    id,
+                    i,
+                    req.sampling.top_logprobs,
+                    self.config.model.vocab_size,
+                ),
             };
             if tx.send(token).await.is_err() {
                 return End::Dropped;

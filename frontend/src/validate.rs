@@ -15,6 +15,8 @@ pub struct SamplingInput {
     /// vLLM's convention: -1 and 0 disable top-k.
     pub top_k: Option<i64>,
     pub seed: Option<u64>,
+    /// Alternatives to report per token (already checked against the front end's limit).
+    pub top_logprobs: u32,
 }
 
 /// Validates sampling parameters: temperature >= 0 (0 is greedy), top_p in (0, 1], top_k >= -1.
@@ -49,6 +51,7 @@ pub fn sampling(input: SamplingInput) -> Result<Sampling, RequestError> {
         top_p,
         top_k,
         seed: input.seed,
+        top_logprobs: input.top_logprobs,
     })
 }
 

@@ -141,12 +141,28 @@ async fn completion_logprobs_and_token_ids() {
     let lp = &choice["logprobs"];
     let expected: Vec<f64> = (0..4).map(|i| f64::from(fake_logprob(i))).collect();
     assert_eq!(lp["token_logprobs"], json!(expected));
-    assert_eq!(lp["top_logprobs"], json!([null, null, null, null]));
     let tokens: Vec<String> = script[..4]
         .iter()
         .map(|&id| tokenizer().decode(&[id]).expect("decode"))
         .collect();
     assert_eq!(lp["tokens"], json!(tokens));
+    // `logprobs: 1`: the likeliest alternative, which here is the emitted token itself.
+    assert_eq!(h.backend.requests()[0].sampling.top_logprobs, 1);
+    let top: Vec<_> = (0..4)
+        .map(|i| json!({ tokens[i].as_str(): f64::from(fake_logprob(i)) }))
+        .collect();
+    assert_eq!(lp["top_logprobs"], json!(top));
+    // `logprobs: 0`: the sampled tokens' log-probabilities only.
+    let (_, body0) = h
+        .post(
+            "/v1/completions",
+            &json!({"prompt": "Hi", "max_tokens": 2, "logprobs": 0}),
+        )
+        .await;
+    assert_eq!(
+        body0["choices"][0]["logprobs"]["top_logprobs"],
+        json!([null, null])
+    );
     let mut offsets = Vec::new();
     let mut at = 0;
     for t in &tokens {
@@ -231,7 +247,14 @@ async fn chat_whole_response() {
     assert_eq!(content[0]["token"], first.as_str());
     assert_eq!(content[0]["bytes"], json!(first.as_bytes()));
     assert_eq!(content[0]["logprob"], json!(f64::from(fake_logprob(0))));
-    assert_eq!(content[0]["top_logprobs"], json!([]));
+    let alt = tokenizer().decode(&[script[0] + 1]).expect("decode");
+    assert_eq!(
+        content[0]["top_logprobs"],
+        json!([
+            {"token": first, "logprob": f64::from(fake_logprob(0)), "bytes": first.as_bytes()},
+            {"token": alt, "logprob": f64::from(fake_logprob(0)) - 1.0, "bytes": alt.as_bytes()},
+        ])
+    );
     let expected = chat_prompt(&[
         ChatMessage::new("system", "Be brief."),
         ChatMessage::new("user", "Hello\nthere"),

@@ -19,6 +19,10 @@ pub struct Sampling {
     /// 0 disables top-k.
     pub top_k: u32,
     pub seed: Option<u64>,
+    /// Report this many most likely tokens with every generated one (OpenAI's
+    /// `top_logprobs`, at most 20); 0: none.
+    #[serde(default)]
+    pub top_logprobs: u32,
 }
 
 impl Default for Sampling {
@@ -28,9 +32,14 @@ impl Default for Sampling {
             top_p: 1.0,
             top_k: 0,
             seed: None,
+            top_logprobs: 0,
         }
     }
 }
+
+/// Most alternatives per token a request may ask for (`Sampling::top_logprobs`; OpenAI's
+/// limit, also the workers').
+pub const MAX_TOP_LOGPROBS: u32 = 20;
 
 /// A validated, tokenized generation request.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,6 +81,9 @@ pub enum TokenEvent {
     Token {
         id: u32,
         logprob: f32,
+        /// The `sampling.top_logprobs` most likely tokens at this position with their
+        /// log-probabilities, most likely first.
+        top: Vec<(u32, f32)>,
     },
     Finished {
         reason: FinishReason,

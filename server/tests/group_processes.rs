@@ -130,6 +130,7 @@ fn chunk(seq: u64, tokens: Vec<u32>, start: u32, prompt: bool) -> pb::SeqChunk {
             top_p: 1.0,
             top_k: 0,
             seed: None,
+            top_logprobs: 0,
         }),
         sample: true,
         trace: false,

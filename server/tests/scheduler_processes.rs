@@ -174,6 +174,7 @@ fn sampled(id: &str, prompt: Vec<u32>, max_tokens: u32, seed: u64) -> GenerateRe
             top_p: 0.95,
             top_k: 50,
             seed: Some(seed),
+            top_logprobs: 0,
         },
         max_tokens,
         stop_token_ids: Vec::new(),
@@ -233,6 +234,29 @@ fn disaggregated_prefill_moves_kv_and_matches_aggregated() {
                 })
             ));
         }
+        // Alternatives come with every token, from the prefill rank (the first) and after the
+        // KV transfer from the decode rank: most likely first, the greedy pick at their head.
+        let mut req = greedy("alts", prompts[1].clone(), 5);
+        req.sampling.top_logprobs = 4;
+        let mut rx = pd.submit(req).await.expect("submit");
+        let mut seen = Vec::new();
+        while let Some(TokenEvent::Token { id, logprob, top }) =
+            tokio::time::timeout(Duration::from_secs(120), rx.recv())
+                .await
+                .expect("stream must not hang")
+        {
+            assert_eq!(top.len(), 4, "token {id}");
+            assert_eq!(top[0], (id, logprob), "the greedy pick is the likeliest");
+            assert!(top.windows(2).all(|w| w[0].1 >= w[1].1), "{top:?}");
+            assert!(top.iter().all(|t| t.1 <= 0.0));
+            seen.push(id);
+        }
+        assert_eq!(seen, reference_tokens(&dir, &prompts[1], 5));
+        let mut too_many = greedy("alts-21", prompts[1].clone(), 5);
+        too_many.sampling.top_logprobs = 21;
+        let err = pd.submit(too_many).await.expect_err("refused at admission");
+        assert!(err.to_string().contains("top_logprobs"), "{err}");
+
         // Seeded sampling continues on the decode rank exactly as on one worker.
         let agg = Scheduler::start(decode.clone(), SchedulerConfig::default(), info());
         for (i, p) in prompts.iter().enumerate() {

@@ -64,3 +64,22 @@ def test_bad_request_is_a_400_naming_the_field(client, model):
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model=model, prompt="x", max_tokens=0)
     assert "max_tokens" in str(e.value)
+
+
+def test_chat_top_logprobs(client, model):
+    r = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Count to three."}],
+        max_tokens=4,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,
+    )
+    content = r.choices[0].logprobs.content
+    assert content and len(content) == r.usage.completion_tokens
+    for t in content:
+        assert len(t.top_logprobs) == 3
+        lps = [a.logprob for a in t.top_logprobs]
+        assert lps == sorted(lps, reverse=True) and all(lp <= 0 for lp in lps)
+        # Greedy: the chosen token is the likeliest one.
+        assert t.top_logprobs[0].logprob == t.logprob

@@ -13,7 +13,14 @@ pub struct SamplingParams {
     pub top_k: usize,
     /// Seed of this request's random stream; `None` draws one.
     pub seed: Option<u64>,
+    /// Also report this many most likely tokens with each sampled one (OpenAI's
+    /// `top_logprobs`); 0: none.
+    #[serde(default)]
+    pub top_logprobs: usize,
 }
+
+/// Most alternatives a request may ask for (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
 
 impl Default for SamplingParams {
     fn default() -> Self {
@@ -22,6 +29,7 @@ impl Default for SamplingParams {
             top_p: 1.0,
             top_k: 0,
             seed: None,
+            top_logprobs: 0,
         }
     }
 }
@@ -45,16 +53,25 @@ impl SamplingParams {
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(format!("top_p must be in (0, 1], got {}", self.top_p));
         }
+        if self.top_logprobs > MAX_TOP_LOGPROBS {
+            return Err(format!(
+                "top_logprobs must be at most {MAX_TOP_LOGPROBS}, got {}",
+                self.top_logprobs
+            ));
+        }
         Ok(())
     }
 }
 
 /// One sampled token with the log-probability the model gave it (before temperature and
 /// truncation, as OpenAI-compatible servers report it).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
     pub token: u32,
     pub logprob: f32,
+    /// The `top_logprobs` most likely tokens and their log-probabilities, most likely first
+    /// (ties by token id).
+    pub top: Vec<(u32, f32)>,
 }
 
 /// A per-sequence sampler with its own random stream.
@@ -113,6 +130,7 @@ impl Sampler {
         Sample {
             token: token as u32,
             logprob: logits.get(token).map_or(f32::NEG_INFINITY, |&l| l - lse),
+            top: top_logprobs(logits, lse, self.params.top_logprobs),
         }
     }
 
@@ -165,6 +183,22 @@ pub fn argmax(v: &[f32]) -> usize {
     best
 }
 
+/// The `n` largest logits as `(token, logit - lse)`, most likely first, ties by token id; a
+/// partial selection, so asking for alternatives costs O(vocab), not a sort of the vocabulary.
+fn top_logprobs(logits: &[f32], lse: f32, n: usize) -> Vec<(u32, f32)> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let order = |a: &(usize, f32), b: &(usize, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    let mut all: Vec<(usize, f32)> = logits.iter().copied().enumerate().collect();
+    if all.len() > n {
+        all.select_nth_unstable_by(n - 1, order);
+        all.truncate(n);
+    }
+    all.sort_by(order);
+    all.into_iter().map(|(t, l)| (t as u32, l - lse)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +210,34 @@ mod tests {
         assert_eq!(out.token, 1);
         let z = (0f32.exp() + 2f32.exp() + 1f32.exp()).ln();
         assert!((out.logprob - (2.0 - z)).abs() < 1e-6);
+        assert!(out.top.is_empty(), "none asked for");
+    }
+
+    #[test]
+    fn reports_the_most_likely_alternatives() {
+        let logits = [0.5, 3.0, -1.0, 3.0, 2.0, 0.0];
+        let z = logits.iter().map(|l: &f32| l.exp()).sum::<f32>().ln();
+        let mut s = Sampler::new(SamplingParams {
+            top_logprobs: 3,
+            ..SamplingParams::greedy()
+        });
+        let out = s.sample(&logits);
+        // Ties by token id: 1 before 3.
+        let ids: Vec<u32> = out.top.iter().map(|t| t.0).collect();
+        assert_eq!(ids, [1, 3, 4]);
+        for (t, lp) in &out.top {
+            assert!((lp - (logits[*t as usize] - z)).abs() < 1e-6);
+        }
+        assert_eq!(out.top[0].1, out.logprob);
+        // More than the vocabulary: all of it, ordered.
+        let all = top_logprobs(&logits, z, 20);
+        assert_eq!(all.len(), 6);
+        assert!(all.windows(2).all(|w| w[0].1 >= w[1].1));
+        let too_many = SamplingParams {
+            top_logprobs: MAX_TOP_LOGPROBS + 1,
+            ..SamplingParams::greedy()
+        };
+        assert!(too_many.validate().unwrap_err().contains("top_logprobs"));
     }
 
     #[test]
@@ -186,6 +248,7 @@ mod tests {
             top_p: 0.9,
             top_k: 5,
             seed: Some(7),
+            top_logprobs: 0,
         };
         let a: Vec<u32> = {
             let mut s = Sampler::new(p.clone());
@@ -209,6 +272,7 @@ mod tests {
             top_p: 1.0,
             top_k: 0,
             seed: Some(11),
+            top_logprobs: 0,
         };
         let mut a = Sampler::new(p.clone());
         let first: Vec<u32> = (0..3).map(|_| a.sample(&logits).token).collect();

@@ -200,6 +200,7 @@ async fn run(
         stream: req.stream,
         stream_options: req.stream_options,
         workload: req.workload,
+        top_logprobs: req.top_logprobs.unwrap_or(0),
     }
     .check(state, headers)?;
     let messages = template_messages(req.messages)?;

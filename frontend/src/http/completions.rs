@@ -133,6 +133,7 @@ async fn run(
         stream: req.stream,
         stream_options: req.stream_options,
         workload: req.workload,
+        top_logprobs: logprobs.unwrap_or(0),
     }
     .check(state, headers)?;
     let info = state.backend.model_info();

@@ -1,10 +1,12 @@
 //! Log probabilities in the two OpenAI shapes.
 //!
-//! The backend reports only the sampled token's log probability, so the alternatives OpenAI
-//! calls `top_logprobs` are not available: completions return a `null` entry per token, chat
-//! an empty list per token, whatever `logprobs`/`top_logprobs` asked for. A token's text is
-//! the token decoded alone, special tokens included; a byte-level token that ends inside a
-//! UTF-8 character shows as U+FFFD (its `bytes` are those of that text).
+//! Alternatives (`logprobs: N` on completions, `top_logprobs: N` on chat) are the N most
+//! likely tokens at each position as the worker saw them, before temperature and truncation.
+//! Completions give, per token, an object from token text to log-probability holding those N
+//! and the sampled token (OpenAI's legacy shape; `null` entries when N is 0); chat gives a
+//! list of exactly N. A token's text is the token decoded alone, special tokens included; a
+//! byte-level token that ends inside a UTF-8 character shows as U+FFFD (its `bytes` are those
+//! of that text), so two alternatives may share a text: the object keeps the likelier.
 
 use moeflow_worker::tokenizer::Tokenizer;
 use serde::Serialize;
@@ -22,8 +24,9 @@ pub struct CompletionLogprobs {
     pub token_logprobs: Vec<f32>,
     /// Character offset of each token's text in the completion text.
     pub text_offset: Vec<usize>,
-    /// Always `null` entries: see the module documentation.
-    pub top_logprobs: Vec<Option<()>>,
+    /// Per token: `null` when no alternatives were asked for, else text -> log-probability
+    /// of the alternatives and the sampled token.
+    pub top_logprobs: Vec<Option<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl CompletionLogprobs {
@@ -34,12 +37,25 @@ impl CompletionLogprobs {
             tokens: Vec::with_capacity(tokens.len()),
             token_logprobs: Vec::with_capacity(tokens.len()),
             text_offset: Vec::with_capacity(tokens.len()),
-            top_logprobs: vec![None; tokens.len()],
+            top_logprobs: Vec::with_capacity(tokens.len()),
         };
         for t in tokens {
             let text = token_text(tokenizer, t.id);
             out.text_offset.push(*offset);
             *offset += text.chars().count();
+            out.top_logprobs.push((!t.top.is_empty()).then(|| {
+                let mut m = serde_json::Map::new();
+                let chosen = (t.id, t.logprob);
+                let entries = t
+                    .top
+                    .iter()
+                    .chain((!t.top.iter().any(|a| a.0 == t.id)).then_some(&chosen));
+                for &(id, lp) in entries {
+                    m.entry(token_text(tokenizer, id))
+                        .or_insert_with(|| serde_json::json!(lp));
+                }
+                m
+            }));
             out.tokens.push(text);
             out.token_logprobs.push(t.logprob);
         }
@@ -59,11 +75,11 @@ pub struct ChatTokenLogprob {
     pub token: String,
     pub logprob: f32,
     pub bytes: Vec<u8>,
-    /// Always empty: see the module documentation.
+    /// The alternatives asked for (`top_logprobs`), most likely first.
     pub top_logprobs: Vec<ChatTopLogprob>,
 }
 
-/// An alternative token (never produced; the type documents the shape).
+/// An alternative token.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ChatTopLogprob {
     pub token: String,
@@ -81,7 +97,18 @@ impl ChatLogprobs {
                     bytes: token.as_bytes().to_vec(),
                     token,
                     logprob: t.logprob,
-                    top_logprobs: Vec::new(),
+                    top_logprobs: t
+                        .top
+                        .iter()
+                        .map(|&(id, logprob)| {
+                            let token = token_text(tokenizer, id);
+                            ChatTopLogprob {
+                                bytes: token.as_bytes().to_vec(),
+                                token,
+                                logprob,
+                            }
+                        })
+                        .collect(),
                 }
             })
             .collect();

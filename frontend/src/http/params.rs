@@ -56,6 +56,9 @@ pub struct CommonFields {
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
     pub workload: Option<String>,
+    /// Alternatives per token to report (completions' `logprobs`, chat's `top_logprobs`),
+    /// checked by the endpoint.
+    pub top_logprobs: u32,
 }
 
 /// The checked common fields, waiting for the prompt.
@@ -96,6 +99,7 @@ impl CommonFields {
             top_p: self.top_p,
             top_k: self.top_k,
             seed: self.seed,
+            top_logprobs: self.top_logprobs,
         })?;
         let stop_strings = self.stop.map(StopSpec::into_vec).unwrap_or_default();
         validate::stop_strings(&stop_strings, &state.limits, "stop")?;

@@ -185,6 +185,13 @@ impl Backend for Scheduler {
                 "max_tokens: must be at least 1".into(),
             ));
         }
+        if req.sampling.top_logprobs > crate::api::MAX_TOP_LOGPROBS {
+            return Err(SubmitError::Invalid(format!(
+                "top_logprobs: at most {}, got {}",
+                crate::api::MAX_TOP_LOGPROBS,
+                req.sampling.top_logprobs
+            )));
+        }
         let total = req.prompt.len() + req.max_tokens as usize;
         if total > self.info.max_context as usize {
             return Err(SubmitError::Invalid(format!(

@@ -451,6 +451,7 @@ impl SchedState {
                 top_p: r.req.sampling.top_p,
                 top_k: r.req.sampling.top_k,
                 seed: r.req.sampling.seed,
+                top_logprobs: r.req.sampling.top_logprobs,
             });
             let chunk = if r.prefilled < plen {
                 if *budget == 0 {
@@ -566,6 +567,11 @@ impl SchedState {
                 .try_send(TokenEvent::Token {
                     id: res.token,
                     logprob: res.logprob,
+                    top: res
+                        .top_logprobs
+                        .iter()
+                        .map(|t| (t.token, t.logprob))
+                        .collect(),
                 })
                 .is_err()
             {

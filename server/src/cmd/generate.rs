@@ -74,6 +74,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         top_p: args.top_p,
         top_k: args.top_k,
         seed: args.seed,
+        top_logprobs: 0,
     };
     sampling.validate().map_err(anyhow::Error::msg)?;
     let model = Transformer::load(

@@ -178,6 +178,7 @@ async fn drive(
         top_p: args.top_p,
         top_k: args.top_k,
         seed: args.seed,
+        top_logprobs: 0,
     };
     let mut step_id = 0u64;
     loop {

@@ -75,6 +75,7 @@ fn sampling_from_pb(seq: u64, s: pb::WorkerSampling) -> Result<SamplingParams, S
         top_p: if s.top_p == 0.0 { 1.0 } else { s.top_p },
         top_k: s.top_k as usize,
         seed: s.seed,
+        top_logprobs: s.top_logprobs as usize,
     };
     p.validate()
         .map_err(|e| Status::invalid_argument(format!("sequence {seq}: {e}")))?;
@@ -147,11 +148,18 @@ impl pb::worker_server::Worker for WorkerService {
             .into_iter()
             .map(|o| pb::SeqResult {
                 seq_id: o.seq,
-                token: o.sample.map_or(0, |s| s.token),
-                logprob: o.sample.map_or(0.0, |s| s.logprob),
+                token: o.sample.as_ref().map_or(0, |s| s.token),
+                logprob: o.sample.as_ref().map_or(0.0, |s| s.logprob),
                 logits: o.logits.unwrap_or_default(),
                 sampled: o.sample.is_some(),
                 routing: o.routing.map(routing_to_pb),
+                top_logprobs: o
+                    .sample
+                    .map(|s| s.top)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(token, logprob)| pb::TokenLogprob { token, logprob })
+                    .collect(),
             })
             .collect();
         Ok(Response::new(pb::StepResponse {
@@ -212,6 +220,7 @@ impl pb::worker_server::Worker for WorkerService {
                 top_p: t.sampling.top_p,
                 top_k: t.sampling.top_k as u32,
                 seed: t.sampling.seed,
+                top_logprobs: t.sampling.top_logprobs as u32,
             }),
             sampler_seed: t.seed,
             sampler_draws: t.draws,
