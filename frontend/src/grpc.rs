@@ -7,6 +7,7 @@
 //! client that cancels the call cancels the request.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::Stream;
@@ -14,6 +15,7 @@ use moeflow_proto::v1 as pb;
 use moeflow_proto::v1::generate_request::Prompt;
 use moeflow_proto::v1::generation_server::{Generation as GenerationApi, GenerationServer};
 use moeflow_router::api::{FinishReason, GenerateRequest};
+use moeflow_worker::tokenizer::Tokenizer;
 use tonic::{Request, Response, Status};
 
 use crate::error::RequestError;
@@ -109,12 +111,27 @@ impl GrpcFrontend {
             top_p: None,
             ..Default::default()
         });
+        if params.top_logprobs > 0 && !params.logprobs {
+            return Err(RequestError::invalid(
+                "sampling.top_logprobs",
+                "top_logprobs needs logprobs=true",
+            ));
+        }
+        if params.top_logprobs > state.limits.max_logprobs {
+            return Err(RequestError::invalid(
+                "sampling.top_logprobs",
+                format!(
+                    "top_logprobs is at most {}, got {}",
+                    state.limits.max_logprobs, params.top_logprobs
+                ),
+            ));
+        }
         let sampling = validate::sampling(SamplingInput {
             temperature: params.temperature,
             top_p: params.top_p,
             top_k: Some(i64::from(params.top_k)),
             seed: params.seed,
-            top_logprobs: 0,
+            top_logprobs: params.top_logprobs,
         })
         .map_err(in_sampling)?;
         let requested = (params.max_tokens > 0).then_some(params.max_tokens);
@@ -162,7 +179,11 @@ impl GrpcFrontend {
 }
 
 /// The Token messages of a delta: its text goes with its last token.
-fn token_messages(delta: Delta, logprobs: bool) -> impl Iterator<Item = pb::GenerateResponse> {
+fn token_messages(
+    delta: Delta,
+    logprobs: bool,
+    tokenizer: &Tokenizer,
+) -> impl Iterator<Item = pb::GenerateResponse> + '_ {
     let last = delta.tokens.len().saturating_sub(1);
     let mut text = Some(delta.text);
     delta
@@ -178,24 +199,37 @@ fn token_messages(delta: Delta, logprobs: bool) -> impl Iterator<Item = pb::Gene
                     String::new()
                 },
                 logprob: if logprobs { t.logprob } else { 0.0 },
+                top_logprobs: t
+                    .top
+                    .iter()
+                    .map(|&(id, logprob)| pb::TopLogprob {
+                        id,
+                        text: tokenizer.decode(&[id]).unwrap_or_default(),
+                        logprob,
+                    })
+                    .collect(),
             })),
             request_id: String::new(),
         })
 }
 
-fn respond(mut generation: Generation, logprobs: bool) -> GenerateStream {
+fn respond(
+    mut generation: Generation,
+    logprobs: bool,
+    tokenizer: Arc<Tokenizer>,
+) -> GenerateStream {
     let stream = async_stream::stream! {
         let mut request_id = Some(generation.request_id().to_string());
         while let Some(out) = generation.next().await {
             match out {
                 Output::Delta(d) => {
-                    for mut msg in token_messages(d, logprobs) {
+                    for mut msg in token_messages(d, logprobs, &tokenizer) {
                         msg.request_id = request_id.take().unwrap_or_default();
                         yield Ok(msg);
                     }
                 }
                 Output::Finished { delta, reason, usage } => {
-                    for mut msg in token_messages(delta, logprobs) {
+                    for mut msg in token_messages(delta, logprobs, &tokenizer) {
                         msg.request_id = request_id.take().unwrap_or_default();
                         yield Ok(msg);
                     }
@@ -236,7 +270,11 @@ impl GenerationApi for GrpcFrontend {
         let generation = Generation::submit(&self.state, prepared)
             .await
             .map_err(status)?;
-        Ok(Response::new(respond(generation, logprobs)))
+        Ok(Response::new(respond(
+            generation,
+            logprobs,
+            self.state.tokenizer.clone(),
+        )))
     }
 
     async fn abort(

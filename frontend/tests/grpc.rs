@@ -11,7 +11,7 @@ use moeflow_proto::v1::generate_request::Prompt;
 use moeflow_proto::v1::generate_response::Event;
 use moeflow_proto::v1::generation_client::GenerationClient;
 use moeflow_proto::v1::generation_server::Generation;
-use moeflow_router::api::SubmitError;
+use moeflow_router::api::{Backend, SubmitError};
 use tonic::{Code, Request};
 
 fn text_request(text: &str, max_tokens: u32) -> pb::GenerateRequest {
@@ -90,6 +90,42 @@ async fn generate_streams_tokens_and_usage() {
 }
 
 #[tokio::test]
+async fn generate_reports_top_logprobs() {
+    let text = "The quick brown fox jumps.";
+    let mut c = common::config();
+    c.script = ids(text);
+    let h = harness(c);
+    let mut req = text_request("Hello", 3);
+    if let Some(s) = req.sampling.as_mut() {
+        s.top_logprobs = 2;
+    }
+    let resp = service(&h)
+        .generate(Request::new(req))
+        .await
+        .expect("accepted");
+    let (msgs, status) = collect(resp.into_inner()).await;
+    assert!(status.is_none());
+    assert_eq!(h.backend.requests()[0].sampling.top_logprobs, 2);
+    let tokens: Vec<&pb::Token> = msgs
+        .iter()
+        .filter_map(|m| match &m.event {
+            Some(Event::Token(t)) => Some(t),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(tokens.len(), 3);
+    for (i, t) in tokens.iter().enumerate() {
+        let want: Vec<(u32, f32)> =
+            moeflow_frontend::testing::fake_top(t.id, i, 2, h.backend.model_info().vocab_size);
+        let got: Vec<(u32, f32)> = t.top_logprobs.iter().map(|a| (a.id, a.logprob)).collect();
+        assert_eq!(got, want);
+        for a in &t.top_logprobs {
+            assert_eq!(a.text, tokenizer().decode(&[a.id]).expect("decode"));
+        }
+    }
+}
+
+#[tokio::test]
 async fn generate_with_ids_and_stop_string() {
     let text = "red green blue STOP yellow";
     let mut c = common::config();
@@ -145,6 +181,17 @@ async fn generate_rejects_bad_input_naming_the_field() {
     }
     cases.push((temp, "sampling.temperature"));
     cases.push((text_request("a", 100_000), "sampling.max_tokens"));
+    let mut too_many = text_request("a", 5);
+    if let Some(s) = too_many.sampling.as_mut() {
+        s.top_logprobs = 21;
+    }
+    cases.push((too_many, "sampling.top_logprobs"));
+    let mut without = text_request("a", 5);
+    if let Some(s) = without.sampling.as_mut() {
+        s.top_logprobs = 2;
+        s.logprobs = false;
+    }
+    cases.push((without, "sampling.top_logprobs"));
     for (req, field) in cases {
         let status = svc
             .generate(Request::new(req))
