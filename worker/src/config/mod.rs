@@ -90,20 +90,15 @@ impl ModelConfig {
 
     /// Reads and normalises one `config.json`.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_json_str(&text, path)
+        Self::from_value(read_json(path)?, path)
     }
 
     /// Parses config text; `path` is used only in error messages.
     pub fn from_json_str(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let value: serde_json::Value =
-            serde_json::from_str(text).map_err(|source| ConfigError::Json {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        Self::from_value(parse_json(text, path)?, path)
+    }
+
+    fn from_value(value: serde_json::Value, path: &Path) -> Result<Self, ConfigError> {
         let src = ConfigSource::new(value, path)?;
         let arch = src.arch()?;
         Ok(match arch {
@@ -136,6 +131,22 @@ impl ModelConfig {
             ModelConfig::Llama4(c) => c.tie_word_embeddings,
         }
     }
+}
+
+/// The JSON document in `path`.
+pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_json(&text, path)
+}
+
+fn parse_json(text: &str, path: &Path) -> Result<serde_json::Value, ConfigError> {
+    serde_json::from_str(text).map_err(|source| ConfigError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Identity of a checkpoint for group membership checks: the architecture and an FNV-1a hash

@@ -28,15 +28,7 @@ impl WeightFormat {
     /// configs); absent or null: [`WeightFormat::Float`].
     pub fn from_dir(dir: &Path) -> Result<Self, ConfigError> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let value: Value = serde_json::from_str(&text).map_err(|source| ConfigError::Json {
-            path: path.clone(),
-            source,
-        })?;
-        Self::parse(&value, &path)
+        Self::parse(&super::read_json(&path)?, &path)
     }
 
     /// Parses the `quantization_config` of a whole config document.
