@@ -281,13 +281,17 @@ impl WeightStore {
         for (i, name) in names.iter().enumerate() {
             let e = self.entry(name)?;
             self.check_shape(name, e, &[rows, cols])?;
-            if e.dtype == StDtype::F8_E4M3 {
-                let v = self.fp8_values(name, e, e.start, e.end, &[rows, cols])?;
+            // Element j = r * cols + c of this tensor goes to row c, column i * rows + r.
+            let mut put = |value: &dyn Fn(usize) -> f32| {
                 for r in 0..rows {
                     for c in 0..cols {
-                        out[c * total + i * rows + r] = conv(v[r * cols + c]);
+                        out[c * total + i * rows + r] = conv(value(r * cols + c));
                     }
                 }
+            };
+            if e.dtype == StDtype::F8_E4M3 {
+                let v = self.fp8_values(name, e, e.start, e.end, &[rows, cols])?;
+                put(&|j| v[j]);
                 continue;
             }
             let file = &self.files[e.file];
@@ -306,11 +310,7 @@ impl WeightStore {
                     })
                 }
             };
-            for r in 0..rows {
-                for c in 0..cols {
-                    out[c * total + i * rows + r] = conv(decode(bytes, r * cols + c));
-                }
-            }
+            put(&|j| decode(bytes, j));
             release(&file.mmap, e.start, e.end - e.start);
         }
         Tensor::from_vec(out, (cols, total), &self.device).map_err(|source| WeightsError::Tensor {
