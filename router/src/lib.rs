@@ -10,5 +10,5 @@ pub mod scheduler;
 pub mod stats;
 pub mod trace;
 
-pub use group::{GroupError, WorkerGroup};
+pub use group::{GroupClient, GroupError, WorkerGroup};
 pub use scheduler::{Scheduler, SchedulerConfig};

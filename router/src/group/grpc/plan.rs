@@ -6,7 +6,8 @@ use std::time::Duration;
 use moeflow_proto::v1 as pb;
 use tonic::transport::Channel;
 
-use super::{GroupError, WorkerGroup};
+use super::WorkerGroup;
+use crate::group::GroupError;
 
 /// Loading experts may take long on large models; the group keeps serving meanwhile.
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(1800);
