@@ -9,6 +9,8 @@
 
 mod client;
 mod error;
+#[cfg(test)]
+pub(crate) mod fake;
 mod grpc;
 
 pub use client::GroupClient;

@@ -1,17 +1,24 @@
-//! The router's scheduler: admission with a bounded queue, continuous batching over a worker
-//! group, and the [`Backend`] the front ends talk to.
+//! The router's scheduler: admission with a bounded queue, continuous batching over two worker
+//! groups (prefill and decode; without a prefill group the decode group prefills too), the
+//! prefill → decode KV hand-over, and the [`Backend`] the front ends talk to.
 //!
-//! One task owns all scheduling state. Every iteration it takes new requests and aborts,
-//! drops cancelled sequences (their receivers were dropped), admits waiting requests to the
-//! least-loaded rank while the rank's KV budget allows, builds one step (decode tokens of every
-//! running sequence plus prompt chunks up to the prefill token budget), runs it on the group
-//! and streams the sampled tokens. Requests join and leave between steps.
+//! One task owns all scheduling state (`state/`). Every iteration it takes new requests and
+//! aborts, drops cancelled sequences (their receivers were dropped), admits waiting requests
+//! to ranks with room (`state/admission/`), builds one step per group (decode tokens of every
+//! running sequence plus prompt chunks up to the prefill token budget, `state/batch.rs`), runs
+//! both groups' steps concurrently and streams the sampled tokens (`state/delivery/`).
+//! Requests join and leave between steps. The groups are reached through [`GroupClient`], so
+//! the scheduler runs the same against worker processes and against the in-memory group of
+//! its unit tests.
 //!
 //! Failure is terminal and prompt: when a step fails (a rank died, its peers lost it), every
-//! sequence in the group gets an error event and the group is marked unhealthy; new requests
-//! are refused as unavailable.
+//! sequence on that group gets an error event and the group is marked broken. A broken
+//! prefill group leaves decode serving; with a broken decode group, new requests are refused
+//! as unavailable.
 
 mod state;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -23,9 +30,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::api::{
     Backend, ComponentHealth, GenerateRequest, ModelInfo, RankLoad, SubmitError, TokenEvent,
 };
-use crate::group::WorkerGroup;
+use crate::group::GroupClient;
 use crate::trace::TraceRecorder;
-use state::{GroupState, SchedState};
+use state::{GroupState, Need, SchedState};
 
 pub use state::replan::{ApplyPlanError, GroupPlan, PlanApplied};
 
@@ -75,7 +82,7 @@ pub(crate) enum Command {
 /// Shared flags the front ends read without a round trip to the scheduler task.
 pub(crate) struct Shared {
     pub waiting: AtomicUsize,
-    /// False once the decode group is down (nothing can be served).
+    /// False once the decode group is broken (nothing can be served): submits are refused.
     pub healthy: AtomicBool,
     pub draining: AtomicBool,
     pub components: Mutex<Vec<ComponentHealth>>,
@@ -92,18 +99,32 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// Starts the scheduling task (aggregated mode) on the current tokio runtime.
-    pub fn start(group: WorkerGroup, cfg: SchedulerConfig, info: ModelInfo) -> Arc<Self> {
+    pub fn start<G: GroupClient>(group: G, cfg: SchedulerConfig, info: ModelInfo) -> Arc<Self> {
         Self::start_disaggregated(None, group, cfg, info)
     }
 
     /// Starts the scheduling task with a prefill group: prompts run there, then each
     /// sequence's KV cache moves to a decode rank of `decode`.
-    pub fn start_disaggregated(
-        prefill: Option<WorkerGroup>,
-        decode: WorkerGroup,
+    pub fn start_disaggregated<G: GroupClient>(
+        prefill: Option<G>,
+        decode: G,
         cfg: SchedulerConfig,
         info: ModelInfo,
     ) -> Arc<Self> {
+        let prefill = prefill.map(|g| Arc::new(g) as Arc<dyn GroupClient>);
+        let (sched, state, rx) = Self::build(prefill, Arc::new(decode), cfg, info);
+        tokio::spawn(state.run(rx));
+        sched
+    }
+
+    /// The scheduler and its loop's state, not yet running: [`Scheduler::start_disaggregated`]
+    /// spawns the loop, the unit tests step it by hand.
+    pub(crate) fn build(
+        prefill: Option<Arc<dyn GroupClient>>,
+        decode: Arc<dyn GroupClient>,
+        cfg: SchedulerConfig,
+        info: ModelInfo,
+    ) -> (Arc<Self>, SchedState, mpsc::UnboundedReceiver<Command>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             waiting: AtomicUsize::new(0),
@@ -118,13 +139,13 @@ impl Scheduler {
             shared.clone(),
             tx.clone(),
         );
-        tokio::spawn(state.run(rx));
-        Arc::new(Self {
+        let sched = Arc::new(Self {
             tx,
             shared,
             cfg,
             info,
-        })
+        });
+        (sched, state, rx)
     }
 
     /// Moves the running group `group` (`prefill` or `decode`) to the placement plan
@@ -201,7 +222,7 @@ impl Backend for Scheduler {
                 self.info.max_context
             )));
         }
-        let need_blocks = total.div_ceil(self.cfg.block_size);
+        let need_blocks = Need::of(&req, self.cfg.block_size).decode;
         if need_blocks > self.cfg.kv_blocks_per_rank {
             return Err(SubmitError::Invalid(format!(
                 "max_tokens: the request needs {need_blocks} KV blocks, a rank has {}",

@@ -12,7 +12,8 @@ use std::time::Instant;
 use moeflow_proto::v1 as pb;
 use tokio::sync::oneshot;
 
-use super::{Role, SchedState};
+use super::sequence::Role;
+use super::SchedState;
 use crate::group::GroupError;
 use crate::scheduler::Command;
 
@@ -103,10 +104,10 @@ impl SchedState {
             }
         };
         let g = self.group(role);
-        if let Some(why) = &g.broken {
+        if let Some(why) = g.health.why_down() {
             let _ = reply.send(Err(ApplyPlanError::GroupFailed {
                 group,
-                msg: why.clone(),
+                msg: why.to_string(),
             }));
             return;
         }
@@ -114,7 +115,7 @@ impl SchedState {
             let _ = reply.send(Err(ApplyPlanError::Busy(group)));
             return;
         }
-        let workers = g.group.clone();
+        let workers = g.client.clone();
         self.switching.push(role);
         let tx = self.self_tx.clone();
         tokio::spawn(async move {
@@ -155,7 +156,7 @@ impl SchedState {
             }),
             Err(e) => {
                 self.switching.retain(|r| *r != p.role);
-                let workers = self.group(p.role).group.clone();
+                let workers = self.group(p.role).client.clone();
                 tokio::spawn(async move { workers.abort_plan(0).await });
                 let err = match e {
                     GroupError::Rank {
@@ -183,14 +184,14 @@ impl SchedState {
             self.switching.retain(|r| *r != c.role);
             let g = self.group(c.role);
             let name = g.name.clone();
-            if let Some(why) = &g.broken {
+            if let Some(why) = g.health.why_down() {
                 let _ = c.reply.send(Err(ApplyPlanError::GroupFailed {
                     group: name,
-                    msg: why.clone(),
+                    msg: why.to_string(),
                 }));
                 continue;
             }
-            let workers = g.group.clone();
+            let workers = g.client.clone();
             let new_version = c.prepared.first().map_or(0, |p| p.plan_version);
             let t0 = Instant::now();
             let result = workers.commit_plan(new_version).await;
@@ -253,7 +254,7 @@ impl SchedState {
                 return;
             }
         };
-        let workers = self.group(role).group.clone();
+        let workers = self.group(role).client.clone();
         tokio::spawn(async move {
             let r = workers
                 .plan()
