@@ -1,5 +1,11 @@
-//! Scheduling library for moeflow: the router's view of worker groups (and, as it grows,
-//! admission, continuous batching and prefill/decode placement).
+//! Scheduling library for moeflow: everything between the front ends and the worker groups.
+//!
+//! A deployment has a decode group and, when disaggregated, a prefill group. The
+//! [`Scheduler`] admits requests, batches them continuously on both groups and moves each
+//! prefilled sequence's KV cache to decode; it reaches a group through [`GroupClient`], which
+//! [`WorkerGroup`] implements over gRPC. Around it: worker statistics (`stats`), expert-trace
+//! recording (`trace`), live re-placement (`rebalance`, `admin`) and the registry where
+//! separately started workers join their group (`registry`).
 
 pub mod admin;
 pub mod api;

@@ -3,9 +3,9 @@
 //! A request is admitted, in arrival order, when a decode rank can reserve its worst case
 //! (prompt + max_tokens) in KV blocks and a free running slot and, with a usable prefill
 //! group, a prefill rank can hold its prompt. The [`Budget`] of each group keeps those
-//! reservations; its [`RankPick`] policy chooses among the ranks with room (by default
-//! [`LeastLoaded`]). The first request that does not fit stops admission, so requests are
-//! never overtaken.
+//! reservations; its [`RankPick`](pick::RankPick) policy chooses among the ranks with room
+//! (by default [`LeastLoaded`](least_loaded::LeastLoaded)). The first request that does not
+//! fit stops admission, so requests are never overtaken.
 
 mod budget;
 mod least_loaded;
