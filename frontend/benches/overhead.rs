@@ -36,7 +36,7 @@ use moeflow_frontend::generation::{Generation, Output, Prepared};
 use moeflow_frontend::testing::{tiny_tokenizer, FakeBackend, FakeConfig};
 use moeflow_frontend::{http_app, install_recorder, serve_http, FrontendState};
 use moeflow_router::api::{Backend, GenerateRequest, Sampling, TokenEvent};
-use moeflow_worker::tokenizer::Tokenizer;
+use moeflow_tokenizer::Tokenizer;
 
 struct Args {
     streams: usize,

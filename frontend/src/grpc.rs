@@ -15,7 +15,7 @@ use moeflow_proto::v1 as pb;
 use moeflow_proto::v1::generate_request::Prompt;
 use moeflow_proto::v1::generation_server::{Generation as GenerationApi, GenerationServer};
 use moeflow_router::api::{FinishReason, GenerateRequest};
-use moeflow_worker::tokenizer::Tokenizer;
+use moeflow_tokenizer::Tokenizer;
 use tonic::{Request, Response, Status};
 
 use crate::error::RequestError;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use moeflow_router::api::{ModelInfo, SharedBackend};
-use moeflow_worker::tokenizer::Tokenizer;
+use moeflow_tokenizer::Tokenizer;
 
 /// Limits on what a client may send.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use moeflow_router::api::{
     Backend, ComponentHealth, FinishReason, GenerateRequest, ModelInfo, RankLoad, SubmitError,
     TokenEvent, Usage,
 };
-use moeflow_worker::tokenizer::Tokenizer;
+use moeflow_tokenizer::Tokenizer;
 use tokio::sync::{mpsc, Notify};
 
 /// How the fake behaves.

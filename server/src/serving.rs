@@ -12,8 +12,8 @@ use moeflow_router::api::{ModelInfo, SharedBackend};
 use moeflow_router::rebalance::{spawn_rebalancer, RebalanceConfig};
 use moeflow_router::trace::{TraceRecorder, TraceSampler};
 use moeflow_router::{Scheduler, SchedulerConfig, WorkerGroup};
+use moeflow_tokenizer::Tokenizer;
 use moeflow_worker::config::ModelConfig;
-use moeflow_worker::tokenizer::Tokenizer;
 
 /// The model and the two worker groups, shared by `serve` and `router`.
 #[derive(Debug, Clone, clap::Args)]

@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
+use moeflow_tokenizer::Tokenizer;
 use moeflow_worker::generate::{generate, GenerationRequest};
 use moeflow_worker::model::{LoadOptions, Transformer};
 use moeflow_worker::sampling::SamplingParams;
-use moeflow_worker::tokenizer::Tokenizer;
 
 use super::device::DeviceArgs;
 
