@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use moeflow_router::api::{FinishReason, GenerateRequest, TokenEvent, Usage};
+use moeflow_api::{FinishReason, GenerateRequest, TokenEvent, Usage};
 use moeflow_tokenizer::{DecodeStream, Tokenizer};
 use tokio::sync::mpsc;
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use moeflow_router::api::{
+use moeflow_api::{
     Backend, ComponentHealth, FinishReason, GenerateRequest, ModelInfo, RankLoad, SubmitError,
     TokenEvent, Usage,
 };

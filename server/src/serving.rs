@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use moeflow_api::{ModelInfo, SharedBackend};
 use moeflow_frontend::{grpc_service, http_app, serve_http, FrontendState};
 use moeflow_router::admin::AdminService;
-use moeflow_router::api::{ModelInfo, SharedBackend};
 use moeflow_router::rebalance::{spawn_rebalancer, RebalanceConfig};
 use moeflow_router::trace::{TraceRecorder, TraceSampler};
 use moeflow_router::{Scheduler, SchedulerConfig, WorkerGroup};
