@@ -32,11 +32,11 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use moeflow_api::{Backend, GenerateRequest, SamplingParams, TokenEvent};
 use moeflow_frontend::generation::{Generation, Output, Prepared};
 use moeflow_frontend::testing::{tiny_tokenizer, FakeBackend, FakeConfig};
 use moeflow_frontend::{http_app, install_recorder, serve_http, FrontendState};
-use moeflow_router::api::{Backend, GenerateRequest, Sampling, TokenEvent};
-use moeflow_worker::tokenizer::Tokenizer;
+use moeflow_tokenizer::Tokenizer;
 
 struct Args {
     streams: usize,
@@ -109,7 +109,7 @@ fn request(i: usize, prompt: &[u32], max_tokens: u32) -> GenerateRequest {
     GenerateRequest {
         request_id: format!("bench-{i}"),
         prompt: prompt.to_vec(),
-        sampling: Sampling::default(),
+        sampling: SamplingParams::default(),
         max_tokens,
         stop_token_ids: Vec::new(),
         workload: None,

@@ -1,7 +1,7 @@
 //! Why a request failed, independent of the protocol: the HTTP front end turns these into
 //! OpenAI error bodies and status codes, the gRPC front end into `tonic::Status`.
 
-use moeflow_router::api::SubmitError;
+use moeflow_api::SubmitError;
 
 /// A request's failure, with what each protocol needs to report it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -9,8 +9,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use moeflow_router::api::{FinishReason, GenerateRequest, TokenEvent, Usage};
-use moeflow_worker::tokenizer::{DecodeStream, Tokenizer};
+use moeflow_api::{FinishReason, GenerateRequest, TokenEvent, Usage};
+use moeflow_tokenizer::{DecodeStream, Tokenizer};
 use tokio::sync::mpsc;
 
 use crate::error::RequestError;
@@ -237,6 +237,6 @@ impl Generation {
     }
 }
 
-fn detok_error(e: moeflow_worker::tokenizer::TokenizerError) -> RequestError {
+fn detok_error(e: moeflow_tokenizer::TokenizerError) -> RequestError {
     RequestError::Internal(format!("detokenizing the output failed: {e}"))
 }

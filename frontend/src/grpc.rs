@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::Stream;
+use moeflow_api::{FinishReason, GenerateRequest};
 use moeflow_proto::v1 as pb;
 use moeflow_proto::v1::generate_request::Prompt;
 use moeflow_proto::v1::generation_server::{Generation as GenerationApi, GenerationServer};
-use moeflow_router::api::{FinishReason, GenerateRequest};
-use moeflow_worker::tokenizer::Tokenizer;
+use moeflow_tokenizer::Tokenizer;
 use tonic::{Request, Response, Status};
 
 use crate::error::RequestError;

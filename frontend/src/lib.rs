@@ -1,6 +1,7 @@
 //! moeflow's serving front ends: the OpenAI-compatible HTTP API ([`http_app`], SSE streaming,
 //! `/v1/models`, `/health`, `/metrics`) and the gRPC generation API ([`grpc_service`]), both
-//! over the router's [`Backend`](moeflow_router::api::Backend) trait.
+//! over the [`Backend`](moeflow_api::Backend) trait of the `moeflow-api` contract crate (the
+//! router's scheduler implements it; this crate never sees the router or the workers).
 //!
 //! The front ends own everything a client sees and the backend never does: request
 //! validation, tokenization and chat templates, incremental detokenization, stop strings,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use metrics::{Histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use moeflow_router::api::FinishReason;
+use moeflow_api::FinishReason;
 
 /// Time from a request's arrival to its first generated token.
 pub const TTFT: &str = "moeflow:time_to_first_token_seconds";

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use moeflow_router::api::{ModelInfo, SharedBackend};
-use moeflow_worker::tokenizer::Tokenizer;
+use moeflow_api::{ModelInfo, SharedBackend, MAX_TOP_LOGPROBS};
+use moeflow_tokenizer::Tokenizer;
 
 /// Limits on what a client may send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,7 +16,8 @@ pub struct Limits {
     pub max_stop_strings: usize,
     /// Longest stop string, in bytes.
     pub max_stop_len: usize,
-    /// Largest `logprobs` (completions) or `top_logprobs` (chat) accepted.
+    /// Largest `logprobs` (completions) or `top_logprobs` (chat) accepted; by default what
+    /// the backends accept ([`MAX_TOP_LOGPROBS`]).
     pub max_logprobs: u32,
 }
 
@@ -26,7 +27,7 @@ impl Default for Limits {
             max_body_bytes: 4 * 1024 * 1024,
             max_stop_strings: 16,
             max_stop_len: 256,
-            max_logprobs: 20,
+            max_logprobs: MAX_TOP_LOGPROBS,
         }
     }
 }

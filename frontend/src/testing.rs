@@ -8,11 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use moeflow_router::api::{
+use moeflow_api::{
     Backend, ComponentHealth, FinishReason, GenerateRequest, ModelInfo, RankLoad, SubmitError,
     TokenEvent, Usage,
 };
-use moeflow_worker::tokenizer::Tokenizer;
+use moeflow_tokenizer::train::{train_byte_level_bpe, BUILTIN_CORPUS};
+use moeflow_tokenizer::Tokenizer;
 use tokio::sync::{mpsc, Notify};
 
 /// How the fake behaves.
@@ -356,11 +357,16 @@ impl Backend for FakeBackend {
     }
 }
 
-/// Writes a tiny generated checkpoint (Qwen3-MoE, ChatML template) into `dir` and loads its
-/// tokenizer.
+/// Tokenizer size of the tiny generated checkpoints (`moeflow init-model --preset tiny`).
+const TINY_VOCAB: usize = 1024;
+/// Context length of the tiny Qwen3-MoE checkpoint, its tokenizer's `model_max_length`.
+const TINY_CONTEXT: usize = 2048;
+
+/// Writes the tokenizer files of a tiny generated Qwen3-MoE checkpoint (byte-level BPE from
+/// the same trainer and corpus, ChatML template) into `dir` and loads them: the tokenizer the
+/// served tiny model has, without the weights, so the front ends' tests need no model crate.
 pub fn tiny_tokenizer(dir: &Path) -> Result<Arc<Tokenizer>, Box<dyn std::error::Error>> {
-    use moeflow_worker::config::Arch;
-    use moeflow_worker::synth::{init_model, Preset};
-    init_model(Arch::Qwen3Moe, Preset::Tiny, dir, 0)?;
+    std::fs::create_dir_all(dir)?;
+    train_byte_level_bpe(BUILTIN_CORPUS, TINY_VOCAB)?.write_files(dir, TINY_CONTEXT)?;
     Ok(Arc::new(Tokenizer::from_dir(dir)?))
 }

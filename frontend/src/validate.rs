@@ -2,7 +2,7 @@
 //! the prompt + completion budget against the model's context. Every error names the field
 //! in the protocol's own spelling, which the caller passes in.
 
-use moeflow_router::api::{ModelInfo, Sampling};
+use moeflow_api::{ModelInfo, SamplingParams};
 
 use crate::error::RequestError;
 use crate::state::Limits;
@@ -20,8 +20,8 @@ pub struct SamplingInput {
 }
 
 /// Validates sampling parameters: temperature >= 0 (0 is greedy), top_p in (0, 1], top_k >= -1.
-pub fn sampling(input: SamplingInput) -> Result<Sampling, RequestError> {
-    let defaults = Sampling::default();
+pub fn sampling(input: SamplingInput) -> Result<SamplingParams, RequestError> {
+    let defaults = SamplingParams::default();
     let temperature = input.temperature.unwrap_or(defaults.temperature);
     if !temperature.is_finite() || temperature < 0.0 {
         return Err(RequestError::invalid(
@@ -46,7 +46,7 @@ pub fn sampling(input: SamplingInput) -> Result<Sampling, RequestError> {
             ))
         }
     };
-    Ok(Sampling {
+    Ok(SamplingParams {
         temperature,
         top_p,
         top_k,

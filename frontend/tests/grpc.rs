@@ -4,6 +4,7 @@ mod common;
 
 use common::{guard, harness, ids, tokenizer};
 use futures_util::StreamExt;
+use moeflow_api::{Backend, SubmitError};
 use moeflow_frontend::grpc::GrpcFrontend;
 use moeflow_frontend::grpc_service;
 use moeflow_proto::v1 as pb;
@@ -11,7 +12,6 @@ use moeflow_proto::v1::generate_request::Prompt;
 use moeflow_proto::v1::generate_response::Event;
 use moeflow_proto::v1::generation_client::GenerationClient;
 use moeflow_proto::v1::generation_server::Generation;
-use moeflow_router::api::{Backend, SubmitError};
 use tonic::{Code, Request};
 
 fn text_request(text: &str, max_tokens: u32) -> pb::GenerateRequest {

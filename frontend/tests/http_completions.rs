@@ -5,7 +5,7 @@ mod common;
 
 use common::{guard, harness, ids, tokenizer};
 use moeflow_frontend::testing::fake_logprob;
-use moeflow_worker::tokenizer::ChatMessage;
+use moeflow_tokenizer::ChatMessage;
 use serde_json::{json, Value};
 
 const TEXT: &str = "The quick brown fox jumps over the lazy dog.";

@@ -8,8 +8,8 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use common::{guard, harness, ids};
 use http_body_util::BodyExt;
+use moeflow_api::{ComponentHealth, SubmitError};
 use moeflow_frontend::{http_app, serve_http, FrontendState, Limits};
-use moeflow_router::api::{ComponentHealth, SubmitError};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

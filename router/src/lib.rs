@@ -5,10 +5,11 @@
 //! prefilled sequence's KV cache to decode; it reaches a group through [`GroupClient`], which
 //! [`WorkerGroup`] implements over gRPC. Around it: worker statistics (`stats`), expert-trace
 //! recording (`trace`), live re-placement (`rebalance`, `admin`) and the registry where
-//! separately started workers join their group (`registry`).
+//! separately started workers join their group (`registry`). The scheduler implements
+//! `moeflow_api::Backend`, the contract the front ends call, which lives in its own crate so
+//! that the front ends do not depend on this one.
 
 pub mod admin;
-pub mod api;
 pub mod group;
 pub mod rebalance;
 pub mod registry;

@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use moeflow_api::{ModelInfo, SharedBackend};
 use moeflow_frontend::{grpc_service, http_app, serve_http, FrontendState};
 use moeflow_router::admin::AdminService;
-use moeflow_router::api::{ModelInfo, SharedBackend};
 use moeflow_router::rebalance::{spawn_rebalancer, RebalanceConfig};
 use moeflow_router::trace::{TraceRecorder, TraceSampler};
 use moeflow_router::{Scheduler, SchedulerConfig, WorkerGroup};
+use moeflow_tokenizer::Tokenizer;
 use moeflow_worker::config::ModelConfig;
-use moeflow_worker::tokenizer::Tokenizer;
 
 /// The model and the two worker groups, shared by `serve` and `router`.
 #[derive(Debug, Clone, clap::Args)]

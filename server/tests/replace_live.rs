@@ -8,8 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::{collect, connect, golden, greedy, info, reference_tokens, start_group, target};
+use moeflow_api::{Backend, FinishReason, TokenEvent};
 use moeflow_placement::{PlacementPlan, PlanTarget};
-use moeflow_router::api::{Backend, FinishReason, TokenEvent};
 use moeflow_router::scheduler::ApplyPlanError;
 use moeflow_router::{Scheduler, SchedulerConfig, WorkerGroup};
 

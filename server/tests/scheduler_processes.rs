@@ -8,10 +8,10 @@ mod common;
 use std::time::Duration;
 
 use common::{collect, connect, golden, greedy, info, reference_tokens, start_group, target};
-use moeflow_placement::PlacementPlan;
-use moeflow_router::api::{
-    Backend, FinishReason, GenerateRequest, Sampling, SubmitError, TokenEvent,
+use moeflow_api::{
+    Backend, FinishReason, GenerateRequest, SamplingParams, SubmitError, TokenEvent,
 };
+use moeflow_placement::PlacementPlan;
 use moeflow_router::{Scheduler, SchedulerConfig};
 
 #[test]
@@ -169,7 +169,7 @@ fn sampled(id: &str, prompt: Vec<u32>, max_tokens: u32, seed: u64) -> GenerateRe
     GenerateRequest {
         request_id: id.into(),
         prompt,
-        sampling: Sampling {
+        sampling: SamplingParams {
             temperature: 0.9,
             top_p: 0.95,
             top_k: 50,

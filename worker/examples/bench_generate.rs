@@ -21,10 +21,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
+use moeflow_api::SamplingParams;
 use moeflow_worker::config::ModelConfig;
 use moeflow_worker::generate::{generate, GenerationRequest};
 use moeflow_worker::model::{LoadOptions, Transformer};
-use moeflow_worker::sampling::SamplingParams;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 

@@ -4,11 +4,13 @@
 
 use std::time::{Duration, Instant};
 
+use moeflow_api::{FinishReason, SamplingParams};
+
 use crate::error::{ModelError, Result};
 use crate::kv_cache::SeqId;
 use crate::model::{ForwardCtx, LogitsMode, SeqInput, Transformer};
 use crate::moe::{LocalDispatch, RoutingObserver};
-use crate::sampling::{Sampler, SamplingParams};
+use crate::sampling::Sampler;
 
 /// One prompt to complete.
 #[derive(Debug, Clone)]
@@ -18,13 +20,6 @@ pub struct GenerationRequest {
     pub sampling: SamplingParams,
     /// Token ids that end the completion (included in the output, like transformers does).
     pub stop_tokens: Vec<u32>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FinishReason {
-    Stop,
-    Length,
 }
 
 /// A finished completion.

@@ -18,7 +18,6 @@ pub mod progress;
 pub mod runtime;
 pub mod sampling;
 pub mod synth;
-pub mod tokenizer;
 pub mod weights;
 
 pub use error::{ModelError, Result};

@@ -1,67 +1,10 @@
-//! Token sampling: greedy, temperature, top-k and top-p, deterministic for a given seed.
+//! Token sampling: greedy, temperature, top-k and top-p, deterministic for a given seed. The
+//! parameters are the API's [`SamplingParams`], the same type the front ends validate and the
+//! router forwards.
 
+use moeflow_api::SamplingParams;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-
-/// How the next token is chosen. Temperature 0 is greedy.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct SamplingParams {
-    pub temperature: f32,
-    /// Nucleus mass in (0, 1]; 1 disables it.
-    pub top_p: f32,
-    /// Keep only the `top_k` most likely tokens; 0 disables it.
-    pub top_k: usize,
-    /// Seed of this request's random stream; `None` draws one.
-    pub seed: Option<u64>,
-    /// Also report this many most likely tokens with each sampled one (OpenAI's
-    /// `top_logprobs`); 0: none.
-    #[serde(default)]
-    pub top_logprobs: usize,
-}
-
-/// Most alternatives a request may ask for (OpenAI's limit).
-pub const MAX_TOP_LOGPROBS: usize = 20;
-
-impl Default for SamplingParams {
-    fn default() -> Self {
-        Self {
-            temperature: 1.0,
-            top_p: 1.0,
-            top_k: 0,
-            seed: None,
-            top_logprobs: 0,
-        }
-    }
-}
-
-impl SamplingParams {
-    pub fn greedy() -> Self {
-        Self {
-            temperature: 0.0,
-            ..Self::default()
-        }
-    }
-
-    /// Checks the ranges; the error names the field.
-    pub fn validate(&self) -> Result<(), String> {
-        if !self.temperature.is_finite() || self.temperature < 0.0 {
-            return Err(format!(
-                "temperature must be >= 0, got {}",
-                self.temperature
-            ));
-        }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(format!("top_p must be in (0, 1], got {}", self.top_p));
-        }
-        if self.top_logprobs > MAX_TOP_LOGPROBS {
-            return Err(format!(
-                "top_logprobs must be at most {MAX_TOP_LOGPROBS}, got {}",
-                self.top_logprobs
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// One sampled token with the log-probability the model gave it (before temperature and
 /// truncation, as OpenAI-compatible servers report it).
@@ -130,7 +73,7 @@ impl Sampler {
         Sample {
             token: token as u32,
             logprob: logits.get(token).map_or(f32::NEG_INFINITY, |&l| l - lse),
-            top: top_logprobs(logits, lse, self.params.top_logprobs),
+            top: top_logprobs(logits, lse, self.params.top_logprobs as usize),
         }
     }
 
@@ -139,7 +82,7 @@ impl Sampler {
         let mut cand: Vec<(usize, f32)> = logits.iter().map(|&l| l / t).enumerate().collect();
         cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         if self.params.top_k > 0 {
-            cand.truncate(self.params.top_k);
+            cand.truncate(self.params.top_k as usize);
         }
         let m = cand.first().map_or(0.0, |c| c.1);
         let mut probs: Vec<f32> = cand.iter().map(|c| (c.1 - m).exp()).collect();
@@ -202,6 +145,7 @@ fn top_logprobs(logits: &[f32], lse: f32, n: usize) -> Vec<(u32, f32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use moeflow_api::MAX_TOP_LOGPROBS;
 
     #[test]
     fn greedy_picks_argmax_with_logprob() {
@@ -282,14 +226,5 @@ mod tests {
         let rest_b: Vec<u32> = (0..5).map(|_| b.sample(&logits).token).collect();
         assert_eq!(rest_a, rest_b);
         assert_eq!(first.len(), 3);
-    }
-
-    #[test]
-    fn validate_names_field() {
-        let p = SamplingParams {
-            temperature: -1.0,
-            ..Default::default()
-        };
-        assert!(p.validate().unwrap_err().contains("temperature"));
     }
 }

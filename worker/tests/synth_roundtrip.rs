@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use moeflow_tokenizer::{ChatMessage, Tokenizer};
 use moeflow_worker::config::Arch;
 use moeflow_worker::synth::{init_model, Preset};
-use moeflow_worker::tokenizer::{ChatMessage, Tokenizer};
 
 type Shapes = BTreeMap<String, Vec<usize>>;
 

@@ -9,7 +9,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use moeflow_worker::tokenizer::{ChatMessage, Tokenizer, TokenizerError};
+use moeflow_tokenizer::{ChatMessage, Tokenizer, TokenizerError};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 

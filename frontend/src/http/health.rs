@@ -4,7 +4,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use moeflow_router::api::ComponentHealth;
+use moeflow_api::ComponentHealth;
 use serde::Serialize;
 
 use crate::state::FrontendState;

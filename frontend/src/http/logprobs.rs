@@ -8,7 +8,7 @@
 //! byte-level token that ends inside a UTF-8 character shows as U+FFFD (its `bytes` are those
 //! of that text), so two alternatives may share a text: the object keeps the likelier.
 
-use moeflow_worker::tokenizer::Tokenizer;
+use moeflow_tokenizer::Tokenizer;
 use serde::Serialize;
 
 use crate::generation::TokenOut;

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use axum::http::HeaderMap;
-use moeflow_router::api::GenerateRequest;
+use moeflow_api::GenerateRequest;
 use serde::Deserialize;
 
 use crate::error::RequestError;
@@ -64,7 +64,7 @@ pub struct CommonFields {
 /// The checked common fields, waiting for the prompt.
 #[derive(Debug, Clone)]
 pub struct Checked {
-    sampling: moeflow_router::api::Sampling,
+    sampling: moeflow_api::SamplingParams,
     stop_strings: Vec<String>,
     stop_token_ids: Vec<u32>,
     skip_special_tokens: bool,

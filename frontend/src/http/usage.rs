@@ -1,6 +1,6 @@
 //! Pieces every response shape shares: `usage` and `finish_reason`.
 
-use moeflow_router::api::{FinishReason, Usage};
+use moeflow_api::{FinishReason, Usage};
 use serde::Serialize;
 
 /// OpenAI's `usage` object.

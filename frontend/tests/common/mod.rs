@@ -14,7 +14,7 @@ use axum::Router;
 use http_body_util::BodyExt;
 use moeflow_frontend::testing::{tiny_tokenizer, FakeBackend, FakeConfig};
 use moeflow_frontend::{http_app, FrontendState};
-use moeflow_worker::tokenizer::Tokenizer;
+use moeflow_tokenizer::Tokenizer;
 use serde_json::Value;
 use tower::ServiceExt;
 

@@ -27,11 +27,11 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::api::{
-    Backend, ComponentHealth, GenerateRequest, ModelInfo, RankLoad, SubmitError, TokenEvent,
-};
 use crate::group::GroupClient;
 use crate::trace::TraceRecorder;
+use moeflow_api::{
+    Backend, ComponentHealth, GenerateRequest, ModelInfo, RankLoad, SubmitError, TokenEvent,
+};
 use state::{GroupState, Need, SchedState};
 
 pub use state::replan::{ApplyPlanError, GroupPlan, PlanApplied};
@@ -206,10 +206,10 @@ impl Backend for Scheduler {
                 "max_tokens: must be at least 1".into(),
             ));
         }
-        if req.sampling.top_logprobs > crate::api::MAX_TOP_LOGPROBS {
+        if req.sampling.top_logprobs > moeflow_api::MAX_TOP_LOGPROBS {
             return Err(SubmitError::Invalid(format!(
                 "top_logprobs: at most {}, got {}",
-                crate::api::MAX_TOP_LOGPROBS,
+                moeflow_api::MAX_TOP_LOGPROBS,
                 req.sampling.top_logprobs
             )));
         }

@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
+use moeflow_api::SamplingParams;
+use moeflow_tokenizer::Tokenizer;
 use moeflow_worker::generate::{generate, GenerationRequest};
 use moeflow_worker::model::{LoadOptions, Transformer};
-use moeflow_worker::sampling::SamplingParams;
-use moeflow_worker::tokenizer::Tokenizer;
 
 use super::device::DeviceArgs;
 
@@ -35,7 +35,7 @@ pub struct Args {
     top_p: f32,
     /// 0 disables top-k.
     #[arg(long, default_value_t = 0)]
-    top_k: usize,
+    top_k: u32,
     #[arg(long)]
     seed: Option<u64>,
     /// Keep generating past end-of-sequence tokens (benchmarks).

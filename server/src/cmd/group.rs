@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use moeflow_proto::v1 as pb;
 use moeflow_router::WorkerGroup;
-use moeflow_worker::tokenizer::Tokenizer;
+use moeflow_tokenizer::Tokenizer;
 
 use crate::launch::{start_local_group, GroupSpec};
 

@@ -298,8 +298,8 @@ pub fn curl(args: &[&str]) -> String {
 }
 
 /// What the scheduler tests tell the scheduler about the tiny qwen3_moe golden model.
-pub fn info() -> moeflow_router::api::ModelInfo {
-    moeflow_router::api::ModelInfo {
+pub fn info() -> moeflow_api::ModelInfo {
+    moeflow_api::ModelInfo {
         id: "test".into(),
         architecture: "qwen3_moe".into(),
         max_context: 256,
@@ -309,13 +309,13 @@ pub fn info() -> moeflow_router::api::ModelInfo {
     }
 }
 
-pub fn greedy(id: &str, prompt: Vec<u32>, max_tokens: u32) -> moeflow_router::api::GenerateRequest {
-    moeflow_router::api::GenerateRequest {
+pub fn greedy(id: &str, prompt: Vec<u32>, max_tokens: u32) -> moeflow_api::GenerateRequest {
+    moeflow_api::GenerateRequest {
         request_id: id.into(),
         prompt,
-        sampling: moeflow_router::api::Sampling {
+        sampling: moeflow_api::SamplingParams {
             temperature: 0.0,
-            ..moeflow_router::api::Sampling::default()
+            ..moeflow_api::SamplingParams::default()
         },
         max_tokens,
         stop_token_ids: Vec::new(),
@@ -325,9 +325,9 @@ pub fn greedy(id: &str, prompt: Vec<u32>, max_tokens: u32) -> moeflow_router::ap
 
 /// Collects a stream to its end (bounded by a hang guard).
 pub async fn collect(
-    mut rx: tokio::sync::mpsc::Receiver<moeflow_router::api::TokenEvent>,
-) -> (Vec<u32>, Option<moeflow_router::api::TokenEvent>) {
-    use moeflow_router::api::TokenEvent;
+    mut rx: tokio::sync::mpsc::Receiver<moeflow_api::TokenEvent>,
+) -> (Vec<u32>, Option<moeflow_api::TokenEvent>) {
+    use moeflow_api::TokenEvent;
     let mut tokens = Vec::new();
     loop {
         match tokio::time::timeout(std::time::Duration::from_secs(120), rx.recv())

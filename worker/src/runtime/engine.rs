@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::mpsc;
 use std::time::Instant;
 
+use moeflow_api::SamplingParams;
 use moeflow_placement::PlacementPlan;
 use tokio::sync::oneshot;
 
@@ -13,7 +14,7 @@ use crate::error::{ModelError, Result};
 use crate::kv_cache::{KvCache, SeqId, SeqKv};
 use crate::model::{ForwardCtx, LogitsMode, SeqInput, Transformer};
 use crate::moe::{MoeDispatch, RoutingCapture, RoutingObserver, SeqRouting};
-use crate::sampling::{Sample, Sampler, SamplingParams};
+use crate::sampling::{Sample, Sampler};
 
 /// New tokens of one sequence for a step.
 #[derive(Debug, Clone)]

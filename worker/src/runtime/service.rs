@@ -1,5 +1,6 @@
 //! The gRPC `Worker` service: the coordinator's view of one rank.
 
+use moeflow_api::SamplingParams;
 use moeflow_proto::v1 as pb;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
@@ -9,7 +10,6 @@ use super::replan::{self, ReplanContext, ReplanError};
 use crate::error::ModelError;
 use crate::kv_cache::SeqKv;
 use crate::moe::SeqRouting;
-use crate::sampling::SamplingParams;
 
 /// Serves one rank's engine over gRPC.
 #[derive(Clone)]
@@ -73,9 +73,9 @@ fn sampling_from_pb(seq: u64, s: pb::WorkerSampling) -> Result<SamplingParams, S
     let p = SamplingParams {
         temperature: s.temperature,
         top_p: if s.top_p == 0.0 { 1.0 } else { s.top_p },
-        top_k: s.top_k as usize,
+        top_k: s.top_k,
         seed: s.seed,
-        top_logprobs: s.top_logprobs as usize,
+        top_logprobs: s.top_logprobs,
     };
     p.validate()
         .map_err(|e| Status::invalid_argument(format!("sequence {seq}: {e}")))?;
@@ -218,9 +218,9 @@ impl pb::worker_server::Worker for WorkerService {
             sampling: Some(pb::WorkerSampling {
                 temperature: t.sampling.temperature,
                 top_p: t.sampling.top_p,
-                top_k: t.sampling.top_k as u32,
+                top_k: t.sampling.top_k,
                 seed: t.sampling.seed,
-                top_logprobs: t.sampling.top_logprobs as u32,
+                top_logprobs: t.sampling.top_logprobs,
             }),
             sampler_seed: t.seed,
             sampler_draws: t.draws,

@@ -20,10 +20,10 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use moeflow_tokenizer::train::{pretty, train_byte_level_bpe, TrainedTokenizer, BUILTIN_CORPUS};
+use moeflow_tokenizer::TokenizerError;
 
 use crate::config::Arch;
-use crate::tokenizer::train::{pretty, train_byte_level_bpe, TrainedTokenizer, BUILTIN_CORPUS};
-use crate::tokenizer::TokenizerError;
 use tensors::TensorSpec;
 
 /// How big a generated model is.

@@ -10,10 +10,10 @@ use std::collections::HashMap;
 use moeflow_proto::v1 as pb;
 
 use super::sequence::{Role, Running};
-use crate::api::Sampling;
+use moeflow_api::SamplingParams;
 
 /// A request's sampling settings as its rank's sampler takes them.
-pub(crate) fn worker_sampling(s: &Sampling) -> pb::WorkerSampling {
+pub(crate) fn worker_sampling(s: &SamplingParams) -> pb::WorkerSampling {
     pb::WorkerSampling {
         temperature: s.temperature,
         top_p: s.top_p,

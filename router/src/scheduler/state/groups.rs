@@ -5,8 +5,8 @@ use std::sync::{Arc, PoisonError};
 
 use super::admission::Budget;
 use super::SchedState;
-use crate::api::ComponentHealth;
 use crate::group::GroupClient;
+use moeflow_api::ComponentHealth;
 
 /// Whether a group can step.
 #[derive(Debug, Clone, PartialEq, Eq)]

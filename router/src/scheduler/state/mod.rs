@@ -25,12 +25,12 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{ById, Command, SchedulerConfig, Shared};
-use crate::api::RankLoad;
 pub(crate) use admission::Need;
 #[cfg(test)]
 pub(crate) use batch::worker_sampling;
 use groups::GroupHealth;
 pub(crate) use groups::GroupState;
+use moeflow_api::RankLoad;
 use sequence::{Role, Running, Waiting};
 
 pub(crate) struct SchedState {

@@ -4,8 +4,8 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::api::{GenerateRequest, TokenEvent, Usage};
 use crate::trace::TraceAssembler;
+use moeflow_api::{GenerateRequest, TokenEvent, Usage};
 
 /// Which group a role refers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,8 +2,8 @@
 //! requests no rank could ever hold.
 
 use super::{config, ended, expected, greedy, prompt, Harness};
-use crate::api::{Backend, FinishReason, SubmitError, TokenEvent};
 use crate::scheduler::SchedulerConfig;
+use moeflow_api::{Backend, FinishReason, SubmitError, TokenEvent};
 
 #[tokio::test]
 async fn kv_blocks_per_rank_bound_what_runs_at_once() {

@@ -2,8 +2,8 @@
 //! books and on its rank; `abort` ends a waiting or running request by id.
 
 use super::{config, ended, expected, greedy, received, settle, Harness};
-use crate::api::{Backend, FinishReason, TokenEvent, Usage};
 use crate::scheduler::SchedulerConfig;
+use moeflow_api::{Backend, FinishReason, TokenEvent, Usage};
 
 #[tokio::test]
 async fn a_dropped_receiver_frees_its_blocks_and_others_go_on() {

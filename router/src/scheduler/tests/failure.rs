@@ -3,8 +3,8 @@
 //! leaves decode serving.
 
 use super::{config, ended, expected, greedy, prompt, Harness};
-use crate::api::{Backend, SubmitError, TokenEvent};
 use crate::scheduler::SchedulerConfig;
+use moeflow_api::{Backend, SubmitError, TokenEvent};
 
 #[tokio::test]
 async fn a_failed_step_ends_every_sequence_of_the_group_with_one_error() {

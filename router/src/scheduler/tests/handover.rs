@@ -3,8 +3,8 @@
 //! and the stream is the same as on one worker.
 
 use super::{config, ended, expected, greedy, prompt, seeded, settle, Harness};
-use crate::api::TokenEvent;
 use crate::scheduler::SchedulerConfig;
+use moeflow_api::TokenEvent;
 
 #[tokio::test]
 async fn the_prefill_rank_samples_first_then_the_reserved_decode_rank_continues() {

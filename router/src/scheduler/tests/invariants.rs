@@ -12,8 +12,8 @@ use super::{
     config, ended, ended_with, expected, greedy, received, seeded, settle, token_ids, Harness,
     MAX_TICKS,
 };
-use crate::api::{FinishReason, GenerateRequest, TokenEvent};
 use crate::scheduler::SchedulerConfig;
+use moeflow_api::{FinishReason, GenerateRequest, TokenEvent};
 
 #[derive(Debug, Clone)]
 struct Req {

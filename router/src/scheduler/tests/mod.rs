@@ -21,9 +21,9 @@ use tokio::sync::mpsc;
 
 use super::state::{worker_sampling, SchedState};
 use super::{Command, Scheduler, SchedulerConfig};
-use crate::api::{Backend, GenerateRequest, ModelInfo, Sampling, TokenEvent};
 use crate::group::fake::{toy, FakeGroup};
 use crate::group::GroupClient;
+use moeflow_api::{Backend, GenerateRequest, ModelInfo, SamplingParams, TokenEvent};
 
 /// Ticks after which a test that has not settled is stuck.
 pub(crate) const MAX_TICKS: usize = 10_000;
@@ -55,9 +55,9 @@ pub(crate) fn greedy(id: &str, prompt: Vec<u32>, max_tokens: u32) -> GenerateReq
     GenerateRequest {
         request_id: id.into(),
         prompt,
-        sampling: Sampling {
+        sampling: SamplingParams {
             temperature: 0.0,
-            ..Sampling::default()
+            ..SamplingParams::default()
         },
         max_tokens,
         stop_token_ids: Vec::new(),
@@ -67,10 +67,10 @@ pub(crate) fn greedy(id: &str, prompt: Vec<u32>, max_tokens: u32) -> GenerateReq
 
 pub(crate) fn seeded(id: &str, prompt: Vec<u32>, max_tokens: u32, seed: u64) -> GenerateRequest {
     let mut r = greedy(id, prompt, max_tokens);
-    r.sampling = Sampling {
+    r.sampling = SamplingParams {
         temperature: 0.9,
         seed: Some(seed),
-        ..Sampling::default()
+        ..SamplingParams::default()
     };
     r
 }
@@ -243,7 +243,7 @@ impl Harness {
     }
 
     /// The loads the scheduler reports (through the `Backend` call).
-    pub async fn loads(&mut self) -> Vec<crate::api::RankLoad> {
+    pub async fn loads(&mut self) -> Vec<moeflow_api::RankLoad> {
         let s = self.sched.clone();
         self.call(async move { s.loads().await }).await
     }

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use super::{config, ended, expected, greedy, info, prompt, seeded, settle};
-use crate::api::Backend;
 use crate::group::fake::FakeGroup;
 use crate::scheduler::Scheduler;
+use moeflow_api::Backend;
 
 #[tokio::test]
 async fn concurrent_requests_stream_to_their_end_and_drain_returns() {

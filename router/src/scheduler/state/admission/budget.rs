@@ -3,7 +3,7 @@
 
 use super::least_loaded::LeastLoaded;
 use super::pick::{RankBooks, RankPick};
-use crate::api::GenerateRequest;
+use moeflow_api::GenerateRequest;
 
 /// Reservations on every rank of one group.
 pub(crate) struct Budget {

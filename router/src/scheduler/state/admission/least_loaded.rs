@@ -2,7 +2,7 @@
 //! sequences, then the lowest rank.
 
 use super::pick::{RankBooks, RankPick};
-use crate::api::GenerateRequest;
+use moeflow_api::GenerateRequest;
 
 /// Spreads sequences by the memory they reserve, which is what limits admission.
 #[derive(Debug, Clone, Copy, Default)]

@@ -17,8 +17,8 @@ pub(crate) use budget::Budget;
 
 use super::sequence::{Role, Running};
 use super::SchedState;
-use crate::api::GenerateRequest;
 use crate::trace::TraceAssembler;
+use moeflow_api::GenerateRequest;
 
 /// The KV blocks a request reserves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

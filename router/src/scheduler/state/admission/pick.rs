@@ -2,7 +2,7 @@
 //! sequence gets it. The budget decides who *can* (KV blocks, running sequences); the policy
 //! only chooses among them.
 
-use crate::api::GenerateRequest;
+use moeflow_api::GenerateRequest;
 
 /// The books of one rank as a policy sees them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,11 +7,11 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::api::TokenEvent;
 use crate::group::GroupError;
 use crate::scheduler::state::groups::GroupHealth;
 use crate::scheduler::state::sequence::Role;
 use crate::scheduler::state::SchedState;
+use moeflow_api::TokenEvent;
 
 impl SchedState {
     /// Ends one sequence with an error and frees it.

@@ -15,7 +15,7 @@ use moeflow_proto::v1 as pb;
 
 use super::sequence::Role;
 use super::{unix_ms, SchedState};
-use crate::api::{FinishReason, TokenEvent, Usage};
+use moeflow_api::{FinishReason, TokenEvent, Usage};
 
 impl SchedState {
     /// Streams sampled tokens and finishes sequences; returns the sequences that completed

@@ -4,6 +4,10 @@
 //! implementation does.
 //!
 //! [`train`] builds the deterministic byte-level BPE tokenizer that generated checkpoints use.
+//!
+//! A crate of its own so that the front ends, which tokenize and render chats, and the worker,
+//! whose generated checkpoints carry a tokenizer, share it without the front ends depending on
+//! model execution.
 
 mod error;
 mod files;

@@ -204,7 +204,8 @@ impl TrainedTokenizer {
 }
 
 /// Pretty JSON with a trailing newline (`serde_json` maps are sorted, so output is stable).
-pub(crate) fn pretty(v: &Value) -> String {
+/// Public so that a generated checkpoint's `config.json` is laid out like its tokenizer files.
+pub fn pretty(v: &Value) -> String {
     let mut s = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
     s.push('\n');
     s
