@@ -1,0 +1,173 @@
+//! SwiGLU feed-forward blocks over groups of rows (routed experts, or one dense MLP): the
+//! gate and up projections, the activation and routing weight fused in place, the down
+//! projection, each split into (group, column block) tasks.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+#[cfg(target_arch = "x86_64")]
+use super::avx2::has_avx2_fma;
+use super::gemm::{matmul_block, WeightLayout, Weights};
+use super::{col_blocks, exp, Dst, MatRef, OutPtr, Scratch, SERIAL_MACS};
+
+/// The weights of one SwiGLU block as f32 slices: `gate_up [hidden, 2F]` (gate columns first)
+/// and `down [F, hidden]`, both row-major.
+#[derive(Clone, Copy)]
+pub(crate) struct SwiGluRef<'a> {
+    pub gate_up: &'a [f32],
+    pub down: &'a [f32],
+}
+
+/// Rows `rows` of the (gathered) input go through `ffn`.
+#[derive(Clone)]
+pub(crate) struct GroupWork<'a> {
+    pub ffn: SwiGluRef<'a>,
+    pub rows: Range<usize>,
+}
+
+/// `silu(x) = x / (1 + e^-x)`, as the reference computes it.
+#[inline(always)]
+fn silu(x: f32) -> f32 {
+    x / (1.0 + exp(-x))
+}
+
+/// `g = silu(g) * u * s`, element-wise.
+#[inline(always)]
+fn silu_mul_body(g: &mut [f32], u: &[f32], s: f32) {
+    for (gi, ui) in g.iter_mut().zip(u) {
+        *gi = silu(*gi) * ui * s;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn silu_mul_avx2(g: &mut [f32], u: &[f32], s: f32) {
+    silu_mul_body(g, u, s)
+}
+
+fn silu_mul(g: &mut [f32], u: &[f32], s: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA (checked at run time).
+        return unsafe { silu_mul_avx2(g, u, s) };
+    }
+    silu_mul_body(g, u, s)
+}
+
+/// SwiGLU over groups of rows: for each group, rows `rows` of `x [A, hidden]` go through its
+/// block, and row `r` of the result `[A, hidden]` is scaled by `scale[r]` when given (applied
+/// to the activation before the down projection, which is the same by linearity). `A` is
+/// the largest row end; the groups must cover `0..A` (rows outside every group come back
+/// unspecified).
+///
+/// Work is split into (group, column block) tasks so that both many small groups (routed
+/// experts at large batch) and one big group (a dense MLP, one busy expert) keep every
+/// thread busy.
+pub(crate) fn grouped_swiglu(
+    x: &[f32],
+    groups: &[GroupWork<'_>],
+    hidden: usize,
+    ffn: usize,
+    scale: Option<&[f32]>,
+) -> Scratch {
+    let a = groups.iter().map(|g| g.rows.end).max().unwrap_or(0);
+    let (h, f2) = (hidden, 2 * ffn);
+    // Every element of both is written below: each (row, column) by exactly one task.
+    let mut act = Scratch::take(a * f2);
+    let mut y = Scratch::take(a * h);
+    if a == 0 {
+        return y;
+    }
+    let total_macs = a * h * f2;
+    let threads = rayon::current_num_threads();
+    let serial = total_macs < SERIAL_MACS || threads == 1;
+    // (group index, column block) tasks, biggest groups first for balance.
+    type Task = (usize, Range<usize>);
+    let tasks = |cols: usize| -> Vec<Task> {
+        let mut order: Vec<usize> = (0..groups.len()).collect();
+        order.sort_by_key(|&g| std::cmp::Reverse(groups[g].rows.len()));
+        let mut t = Vec::new();
+        for g in order {
+            let n = groups[g].rows.len();
+            if n == 0 {
+                continue;
+            }
+            // A group's share of all rows, in units of 1 / (2 * threads).
+            let parts = if serial {
+                1
+            } else {
+                (n * 2 * threads).div_ceil(a).max(1)
+            };
+            t.extend(col_blocks(cols, parts).into_iter().map(|c| (g, c)));
+        }
+        t
+    };
+    let for_tasks = |t: Vec<Task>, f: &(dyn Fn(&Task) + Sync)| {
+        if serial {
+            t.iter().for_each(f);
+        } else {
+            t.par_iter().for_each(f);
+        }
+    };
+
+    // Gate and up projections: act[rows, 0..2F] = x[rows] · gate_up.
+    let out = OutPtr::new(&mut act);
+    for_tasks(tasks(f2), &|(g, c)| {
+        let gw = &groups[*g];
+        let lhs = MatRef {
+            data: &x[gw.rows.start * h..gw.rows.end * h],
+            rs: h,
+            cs: 1,
+        };
+        let dst = Dst {
+            out,
+            off: gw.rows.start * f2 + c.start,
+            rs: f2,
+        };
+        let w = Weights {
+            data: &gw.ffn.gate_up[c.start..],
+            rs: f2,
+            layout: WeightLayout::InputMajor,
+        };
+        // SAFETY: tasks cover disjoint (rows, columns) blocks of `act`.
+        unsafe { matmul_block(dst, gw.rows.len(), c.len(), h, lhs, w) };
+    });
+
+    // silu(gate) * up * scale, written over the gate half of each row.
+    let fuse = |(r, row): (usize, &mut [f32])| {
+        let s = scale.map_or(1.0, |s| s[r]);
+        let (g, u) = row.split_at_mut(ffn);
+        silu_mul(g, u, s);
+    };
+    if serial {
+        act.chunks_mut(f2).enumerate().for_each(fuse);
+    } else {
+        act.par_chunks_mut(f2).enumerate().for_each(fuse);
+    }
+
+    // Down projection: y[rows] = act[rows, 0..F] · down.
+    let out = OutPtr::new(&mut y);
+    let act = &act;
+    for_tasks(tasks(h), &|(g, c)| {
+        let gw = &groups[*g];
+        let lhs = MatRef {
+            data: &act[gw.rows.start * f2..gw.rows.end * f2],
+            rs: f2,
+            cs: 1,
+        };
+        let dst = Dst {
+            out,
+            off: gw.rows.start * h + c.start,
+            rs: h,
+        };
+        let w = Weights {
+            data: &gw.ffn.down[c.start..],
+            rs: h,
+            layout: WeightLayout::InputMajor,
+        };
+        // SAFETY: tasks cover disjoint (rows, columns) blocks of `y`.
+        unsafe { matmul_block(dst, gw.rows.len(), c.len(), ffn, lhs, w) };
+    });
+    y
+}
