@@ -112,26 +112,17 @@ pub(crate) fn grouped_swiglu(
     };
 
     // Gate and up projections: act[rows, 0..2F] = x[rows] · gate_up.
-    let out = OutPtr::new(&mut act);
+    let up = Projection {
+        input: x,
+        in_rs: h,
+        k: h,
+        out: OutPtr::new(&mut act),
+        width: f2,
+    };
     for_tasks(tasks(f2), &|(g, c)| {
         let gw = &groups[*g];
-        let lhs = MatRef {
-            data: &x[gw.rows.start * h..gw.rows.end * h],
-            rs: h,
-            cs: 1,
-        };
-        let dst = Dst {
-            out,
-            off: gw.rows.start * f2 + c.start,
-            rs: f2,
-        };
-        let w = Weights {
-            data: &gw.ffn.gate_up[c.start..],
-            rs: f2,
-            layout: WeightLayout::InputMajor,
-        };
         // SAFETY: tasks cover disjoint (rows, columns) blocks of `act`.
-        unsafe { matmul_block(dst, gw.rows.len(), c.len(), h, lhs, w) };
+        unsafe { up.block(&gw.rows, gw.ffn.gate_up, c) };
     });
 
     // silu(gate) * up * scale, written over the gate half of each row.
@@ -147,27 +138,57 @@ pub(crate) fn grouped_swiglu(
     }
 
     // Down projection: y[rows] = act[rows, 0..F] · down.
-    let out = OutPtr::new(&mut y);
-    let act = &act;
+    let down = Projection {
+        input: &act,
+        in_rs: f2,
+        k: ffn,
+        out: OutPtr::new(&mut y),
+        width: h,
+    };
     for_tasks(tasks(h), &|(g, c)| {
         let gw = &groups[*g];
+        // SAFETY: tasks cover disjoint (rows, columns) blocks of `y`.
+        unsafe { down.block(&gw.rows, gw.ffn.down, c) };
+    });
+    y
+}
+
+/// One projection of a grouped SwiGLU, `out[rows] = input[rows, 0..k] · w` for each group's
+/// rows and input-major weight `w`, which is as wide as `out`.
+struct Projection<'a> {
+    input: &'a [f32],
+    /// Stride between input rows.
+    in_rs: usize,
+    /// Input columns read: the weight's rows.
+    k: usize,
+    out: OutPtr,
+    /// Output columns: the weight's columns and the stride between output rows.
+    width: usize,
+}
+
+impl Projection<'_> {
+    /// Columns `cols` of output rows `rows`, through weight `w`.
+    ///
+    /// # Safety
+    /// No other thread may touch those rows and columns of the output during the call.
+    #[inline]
+    unsafe fn block(&self, rows: &Range<usize>, w: &[f32], cols: &Range<usize>) {
         let lhs = MatRef {
-            data: &act[gw.rows.start * f2..gw.rows.end * f2],
-            rs: f2,
+            data: &self.input[rows.start * self.in_rs..rows.end * self.in_rs],
+            rs: self.in_rs,
             cs: 1,
         };
         let dst = Dst {
-            out,
-            off: gw.rows.start * h + c.start,
-            rs: h,
+            out: self.out,
+            off: rows.start * self.width + cols.start,
+            rs: self.width,
         };
         let w = Weights {
-            data: &gw.ffn.down[c.start..],
-            rs: h,
+            data: &w[cols.start..],
+            rs: self.width,
             layout: WeightLayout::InputMajor,
         };
-        // SAFETY: tasks cover disjoint (rows, columns) blocks of `y`.
-        unsafe { matmul_block(dst, gw.rows.len(), c.len(), ffn, lhs, w) };
-    });
-    y
+        // SAFETY: forwarded contract.
+        unsafe { matmul_block(dst, rows.len(), cols.len(), self.k, lhs, w) };
+    }
 }
