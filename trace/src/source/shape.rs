@@ -152,29 +152,21 @@ fn resolve(ev: ShapeEvidence, opts: &ReadOptions) -> Shaped {
         Layers::Stated(n) => n,
         Layers::AtLeast(n) => known.map_or(0, |m| m.num_layers).max(n),
     };
-    let (num_experts, num_experts_origin) = if let Some(e) = opts.num_experts {
-        (e, Origin::Options)
-    } else if let Some(e) = ev.num_experts {
-        (e, Origin::Data)
-    } else if let Some(m) = known {
-        (m.num_experts, Origin::KnownModel(m.name))
-    } else if let Some(ids) = ev.ids {
+    let (num_experts, num_experts_origin) = first_stated(
+        opts.num_experts,
+        ev.num_experts,
+        known.map(|m| (m.name, m.num_experts)),
+    )
+    .or(ev.ids.map(|ids| {
         (
             ids.max_expert as usize + 1,
             Origin::Scanned { files: ids.files },
         )
-    } else {
-        (0, Origin::Unknown)
-    };
-    let (top_k, top_k_origin) = if let Some(k) = opts.top_k {
-        (k, Origin::Options)
-    } else if let Some(k) = ev.top_k {
-        (k, Origin::Data)
-    } else if let Some(m) = known {
-        (m.top_k, Origin::KnownModel(m.name))
-    } else {
-        (0, Origin::Unknown)
-    };
+    }))
+    .unwrap_or((0, Origin::Unknown));
+    let (top_k, top_k_origin) =
+        first_stated(opts.top_k, ev.top_k, known.map(|m| (m.name, m.top_k)))
+            .unwrap_or((0, Origin::Unknown));
     Shaped {
         shape: ModelShape {
             model: known.map(|m| m.name.to_string()).or(ev.model.clone()),
@@ -187,6 +179,19 @@ fn resolve(ev: ShapeEvidence, opts: &ReadOptions) -> Shaped {
         top_k_origin,
         org_model: ev.model,
     }
+}
+
+/// The first of the options, the data and a known model (its name and value) that gives a
+/// value, with where it came from.
+fn first_stated(
+    option: Option<usize>,
+    data: Option<usize>,
+    known: Option<(&'static str, usize)>,
+) -> Option<(usize, Origin)> {
+    option
+        .map(|v| (v, Origin::Options))
+        .or(data.map(|v| (v, Origin::Data)))
+        .or(known.map(|(name, v)| (v, Origin::KnownModel(name))))
 }
 
 /// The known model a source names: by its `<org>/<model>` label, else by a path component.

@@ -11,7 +11,7 @@ use half::f16;
 
 use super::range_coder::{Decoder, Encoder};
 use super::routing_model::RoutingModel;
-use super::structure::{self, Cursor, FLAG_WEIGHTS};
+use super::structure::{self, Cursor};
 use super::MAX_BLOCK_LEN;
 use crate::io::{varint, FormatError};
 use crate::model::{ModelShape, Phase, RequestTrace};
@@ -131,12 +131,7 @@ pub fn decode_request(b: &[u8], shape: &ModelShape) -> Result<RequestTrace, Form
     }
     let stream = &b[c.p..];
     let mut experts = vec![0u16; sk.total_ids()];
-    let n_weights: usize = sk
-        .entries
-        .iter()
-        .filter(|e| e.flags & FLAG_WEIGHTS != 0)
-        .map(|e| e.ids)
-        .sum();
+    let n_weights = sk.total_weights();
     let mut weights = vec![0u16; n_weights];
     let mut dec = Decoder::new(stream);
     RoutingModel::new(shape).code_request(
