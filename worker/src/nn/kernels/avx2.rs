@@ -1,21 +1,12 @@
 //! The streaming kernels of products with a few rows, bound by reading the weights: written
 //! once, generic over fused multiply-add, and compiled twice (portable, and with AVX2 and FMA
-//! enabled), plus the register-tiled AVX2 dot kernel. [`rows_axpy`] and [`rows_dot`] pick
-//! the version the CPU can run.
+//! enabled), plus the register-tiled AVX2 dot kernel. [`stream_rows`] picks the kernel for
+//! the weights' layout in the version the CPU can run.
 
 #[cfg(target_arch = "x86_64")]
 use std::ops::Range;
 
-use super::MatRef;
-
-#[inline(always)]
-fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
-}
+use super::{fmadd, MatRef, WeightLayout, Weights};
 
 /// `out[i, c] = sum_l x[i, l] * w[l, c]` for a row-major `w` with row stride `w_rs`, reading
 /// `w` row by row (sequential, prefetch-friendly) while `out` (`m x n`, row stride `out_rs`)
@@ -253,36 +244,30 @@ pub(crate) fn has_avx2_fma() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
 }
 
-/// [`rows_axpy_body`] with the fastest version the CPU runs.
-pub(super) fn rows_axpy(
+/// `out = x · w` for a few rows of `x` (`out` holds one slice per row, `n` wide; `k` is the
+/// depth) on the streaming kernel of `w`'s layout, in the fastest version the CPU runs.
+pub(super) fn stream_rows(
     n: usize,
     k: usize,
     x: MatRef<'_>,
-    w: &[f32],
-    w_rs: usize,
+    w: Weights<'_>,
     out: &mut [&mut [f32]],
 ) {
+    let input_major = w.layout == WeightLayout::InputMajor;
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA (checked at run time).
-        return unsafe { rows_axpy_avx2(n, k, x, w, w_rs, out) };
+        return unsafe {
+            if input_major {
+                rows_axpy_avx2(n, k, x, w.data, w.rs, out)
+            } else {
+                rows_dot_avx2(n, k, x, w.data, w.rs, out)
+            }
+        };
     }
-    rows_axpy_body::<false>(n, k, x, w, w_rs, out)
-}
-
-/// [`rows_dot_body`] with the fastest version the CPU runs.
-pub(super) fn rows_dot(
-    n: usize,
-    k: usize,
-    x: MatRef<'_>,
-    w: &[f32],
-    w_rs: usize,
-    out: &mut [&mut [f32]],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA (checked at run time).
-        return unsafe { rows_dot_avx2(n, k, x, w, w_rs, out) };
+    if input_major {
+        rows_axpy_body::<false>(n, k, x, w.data, w.rs, out)
+    } else {
+        rows_dot_body::<false>(n, k, x, w.data, w.rs, out)
     }
-    rows_dot_body::<false>(n, k, x, w, w_rs, out)
 }

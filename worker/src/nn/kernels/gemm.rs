@@ -6,8 +6,8 @@ use std::ops::Range;
 use candle_core::Tensor;
 use rayon::prelude::*;
 
-use super::avx2::{rows_axpy, rows_dot};
-use super::{col_blocks, Dst, F32Guard, MatRef, OutPtr, SERIAL_MACS};
+use super::avx2::stream_rows;
+use super::{col_blocks, Dst, F32Guard, MatRef, OutPtr, WeightLayout, Weights, SERIAL_MACS};
 
 /// Single-threaded `dst(i, j) = sum_l lhs(i, l) * rhs(l, j)` for `i < m`, `j < n`, `l < k`.
 ///
@@ -37,40 +37,12 @@ pub(crate) unsafe fn gemm_block(
         }
         return;
     }
-    assert!(
-        (m - 1) * lhs.rs + (k - 1) * lhs.cs < lhs.data.len(),
-        "gemm_block: lhs out of bounds"
-    );
-    assert!(
-        (k - 1) * rhs.rs + (n - 1) * rhs.cs < rhs.data.len(),
-        "gemm_block: rhs out of bounds"
-    );
-    // SAFETY: every index gemm touches is within the extents checked above; the destination
-    // block is exclusively ours (contract); gemm computes dst = 0 * dst + 1 * lhs * rhs and
-    // with `read_dst = false` never reads dst.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.ptr.add(off),
-            1,
-            rs as isize,
-            false,
-            lhs.data.as_ptr(),
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.data.as_ptr(),
-            rhs.cs as isize,
-            rhs.rs as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
+    // SAFETY: `off` is within the output (checked above).
+    let ptr = unsafe { out.ptr.add(off) };
+    let dst = RawMat { ptr, rs, cs: 1 };
+    // SAFETY: the destination block is in bounds (checked above) and exclusively ours
+    // (contract).
+    unsafe { gemm_strided(dst, m, n, k, lhs, rhs, "gemm_block") }
 }
 
 /// Single-threaded `tmp[j * m + i] = sum_l lhs(i, l) * rhs(l, j)`: the product in
@@ -82,24 +54,56 @@ fn gemm_colmajor(tmp: &mut [f32], m: usize, n: usize, k: usize, lhs: MatRef<'_>,
         return;
     }
     assert!(tmp.len() >= m * n, "gemm_colmajor: tmp too small");
+    let dst = RawMat {
+        ptr: tmp.as_mut_ptr(),
+        rs: 1,
+        cs: m,
+    };
+    // SAFETY: `tmp` holds the `m x n` result (checked above) and is borrowed exclusively.
+    unsafe { gemm_strided(dst, m, n, k, lhs, rhs, "gemm_colmajor") }
+}
+
+/// A destination of gemm: element `(i, j)` at `ptr + i * rs + j * cs`.
+struct RawMat {
+    ptr: *mut f32,
+    rs: usize,
+    cs: usize,
+}
+
+/// Single-threaded gemm of `lhs (m x k) · rhs (k x n)` into `dst`, after checking that both operands hold every element
+/// read (`kernel` names the caller in the panic). `m`, `n` and `k` are at least 1.
+///
+/// # Safety
+/// Every destination element is valid for writes and no other thread reads or writes it
+/// during the call.
+unsafe fn gemm_strided(
+    dst: RawMat,
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: MatRef<'_>,
+    rhs: MatRef<'_>,
+    kernel: &str,
+) {
     assert!(
         (m - 1) * lhs.rs + (k - 1) * lhs.cs < lhs.data.len(),
-        "gemm_colmajor: lhs out of bounds"
+        "{kernel}: lhs out of bounds"
     );
     assert!(
         (k - 1) * rhs.rs + (n - 1) * rhs.cs < rhs.data.len(),
-        "gemm_colmajor: rhs out of bounds"
+        "{kernel}: rhs out of bounds"
     );
-    // SAFETY: every index gemm touches is within the extents checked above, and `tmp` is
-    // borrowed exclusively; with `read_dst = false` gemm only writes it.
+    // SAFETY: every index gemm touches is within the extents checked above or valid for
+    // writes and exclusively ours (contract); gemm computes dst = 0 * dst + 1 * lhs * rhs and
+    // with `read_dst = false` never reads dst.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            tmp.as_mut_ptr(),
-            m as isize,
-            1,
+            dst.ptr,
+            dst.cs as isize,
+            dst.rs as isize,
             false,
             lhs.data.as_ptr(),
             lhs.cs as isize,
@@ -145,24 +149,6 @@ thread_local! {
     /// Per-thread scratch of [`matmul_block`] (packed panels, column-major results), reused
     /// across calls.
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Which way the weight operand of a product is stored.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum WeightLayout {
-    /// `w(l, c)` at `l * rs + c`: input-major (SwiGLU `gate_up` and `down`).
-    InputMajor,
-    /// `w(l, c)` at `c * rs + l`: output-major, as published (`Linear`).
-    OutputMajor,
-}
-
-/// The weight operand of a product, starting at the block's first column.
-#[derive(Clone, Copy)]
-pub(crate) struct Weights<'a> {
-    pub data: &'a [f32],
-    /// Stride between rows (input-major) or columns (output-major).
-    pub rs: usize,
-    pub layout: WeightLayout,
 }
 
 /// `dst(i, j) = sum_l x(i, l) * w(l, j)` for `i < m`, `j < n`, `l < k`, single-threaded,
@@ -265,16 +251,12 @@ pub(crate) unsafe fn matmul_block(
         (k - 1) * rhs.rs + (n - 1) * rhs.cs < w.data.len(),
         "matmul_block: w out of bounds"
     );
-    let mut rows: Vec<&mut [f32]> = (0..m)
+    let mut out_rows: Vec<&mut [f32]> = (0..m)
         // SAFETY: each row of the block is in bounds (checked) and exclusively ours
         // (contract); the rows do not overlap (`rs >= n`).
         .map(|i| unsafe { std::slice::from_raw_parts_mut(out.ptr.add(off + i * rs), n) })
         .collect();
-    let rows = &mut rows[..];
-    match w.layout {
-        WeightLayout::InputMajor => rows_axpy(n, k, x, w.data, w.rs, rows),
-        WeightLayout::OutputMajor => rows_dot(n, k, x, w.data, w.rs, rows),
-    }
+    stream_rows(n, k, x, w, &mut out_rows)
 }
 
 /// `x [m, in] · w[out, in]^T` for contiguous f32 CPU tensors (`None` otherwise, or when the

@@ -129,6 +129,24 @@ pub(crate) struct MatRef<'a> {
     pub cs: usize,
 }
 
+/// Which way the weight operand of a product is stored.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum WeightLayout {
+    /// `w(l, c)` at `l * rs + c`: input-major (SwiGLU `gate_up` and `down`).
+    InputMajor,
+    /// `w(l, c)` at `c * rs + l`: output-major, as published (`Linear`).
+    OutputMajor,
+}
+
+/// The weight operand of a product, starting at the block's first column.
+#[derive(Clone, Copy)]
+pub(crate) struct Weights<'a> {
+    pub data: &'a [f32],
+    /// Stride between rows (input-major) or columns (output-major).
+    pub rs: usize,
+    pub layout: WeightLayout,
+}
+
 /// Splits `0..n` into `parts` column blocks (at least [`MIN_BLOCK_COLS`] wide, multiples of
 /// 16 so that block edges fall on SIMD boundaries).
 fn col_blocks(n: usize, parts: usize) -> Vec<Range<usize>> {
@@ -138,6 +156,17 @@ fn col_blocks(n: usize, parts: usize) -> Vec<Range<usize>> {
         .step_by(width.max(1))
         .map(|s| s..(s + width).min(n))
         .collect()
+}
+
+/// `a * b + c`, fused where `FMA` (the kernels compiled for a CPU that has it) so that the
+/// portable and AVX2 versions share one body.
+#[inline(always)]
+pub(crate) fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
 }
 
 /// `e^x` in f32 to a few ulp, branch-free so that loops over it vectorise (the libm call

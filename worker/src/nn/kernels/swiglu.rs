@@ -8,8 +8,8 @@ use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
 use super::avx2::has_avx2_fma;
-use super::gemm::{matmul_block, WeightLayout, Weights};
-use super::{col_blocks, exp, Dst, MatRef, OutPtr, Scratch, SERIAL_MACS};
+use super::gemm::matmul_block;
+use super::{col_blocks, exp, Dst, MatRef, OutPtr, Scratch, WeightLayout, Weights, SERIAL_MACS};
 
 /// The weights of one SwiGLU block as f32 slices: `gate_up [hidden, 2F]` (gate columns first)
 /// and `down [F, hidden]`, both row-major.
@@ -64,9 +64,9 @@ fn silu_mul(g: &mut [f32], u: &[f32], s: f32) {
 /// Work is split into (group, column block) tasks so that both many small groups (routed
 /// experts at large batch) and one big group (a dense MLP, one busy expert) keep every
 /// thread busy.
-pub(crate) fn grouped_swiglu(
+pub(crate) fn grouped_swiglu<'w>(
     x: &[f32],
-    groups: &[GroupWork<'_>],
+    groups: &[GroupWork<'w>],
     hidden: usize,
     ffn: usize,
     scale: Option<&[f32]>,
@@ -111,18 +111,21 @@ pub(crate) fn grouped_swiglu(
         }
     };
 
+    let project = |p: Projection<'_, 'w>| {
+        for_tasks(tasks(p.width), &|(g, c)| {
+            // SAFETY: tasks cover disjoint (rows, columns) blocks of the projection's output.
+            unsafe { p.block(&groups[*g], c) };
+        })
+    };
+
     // Gate and up projections: act[rows, 0..2F] = x[rows] · gate_up.
-    let up = Projection {
+    project(Projection {
         input: x,
         in_rs: h,
         k: h,
         out: OutPtr::new(&mut act),
         width: f2,
-    };
-    for_tasks(tasks(f2), &|(g, c)| {
-        let gw = &groups[*g];
-        // SAFETY: tasks cover disjoint (rows, columns) blocks of `act`.
-        unsafe { up.block(&gw.rows, gw.ffn.gate_up, c) };
+        weight: |f| f.gate_up,
     });
 
     // silu(gate) * up * scale, written over the gate half of each row.
@@ -138,24 +141,20 @@ pub(crate) fn grouped_swiglu(
     }
 
     // Down projection: y[rows] = act[rows, 0..F] · down.
-    let down = Projection {
+    project(Projection {
         input: &act,
         in_rs: f2,
         k: ffn,
         out: OutPtr::new(&mut y),
         width: h,
-    };
-    for_tasks(tasks(h), &|(g, c)| {
-        let gw = &groups[*g];
-        // SAFETY: tasks cover disjoint (rows, columns) blocks of `y`.
-        unsafe { down.block(&gw.rows, gw.ffn.down, c) };
+        weight: |f| f.down,
     });
     y
 }
 
 /// One projection of a grouped SwiGLU, `out[rows] = input[rows, 0..k] · w` for each group's
 /// rows and input-major weight `w`, which is as wide as `out`.
-struct Projection<'a> {
+struct Projection<'a, 'w> {
     input: &'a [f32],
     /// Stride between input rows.
     in_rs: usize,
@@ -164,15 +163,18 @@ struct Projection<'a> {
     out: OutPtr,
     /// Output columns: the weight's columns and the stride between output rows.
     width: usize,
+    /// Which of a group's weights this projection reads.
+    weight: fn(&SwiGluRef<'w>) -> &'w [f32],
 }
 
-impl Projection<'_> {
-    /// Columns `cols` of output rows `rows`, through weight `w`.
+impl<'w> Projection<'_, 'w> {
+    /// Columns `cols` of the output rows of group `gw`.
     ///
     /// # Safety
     /// No other thread may touch those rows and columns of the output during the call.
     #[inline]
-    unsafe fn block(&self, rows: &Range<usize>, w: &[f32], cols: &Range<usize>) {
+    unsafe fn block(&self, gw: &GroupWork<'w>, cols: &Range<usize>) {
+        let rows = &gw.rows;
         let lhs = MatRef {
             data: &self.input[rows.start * self.in_rs..rows.end * self.in_rs],
             rs: self.in_rs,
@@ -184,7 +186,7 @@ impl Projection<'_> {
             rs: self.width,
         };
         let w = Weights {
-            data: &w[cols.start..],
+            data: &(self.weight)(&gw.ffn)[cols.start..],
             rs: self.width,
             layout: WeightLayout::InputMajor,
         };

@@ -1,6 +1,6 @@
 //! The kernels against naive products.
 
-use super::gemm::{matmul_block, WeightLayout, Weights};
+use super::gemm::matmul_block;
 use super::*;
 
 fn naive(m: usize, n: usize, k: usize, a: &[f32], b: &[f32]) -> Vec<f32> {
