@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::eval::DeviceProfile;
+use crate::profile::DeviceProfile;
 
 /// Dimensions of one routed expert (a SwiGLU MLP: gate, up and down projections).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

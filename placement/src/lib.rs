@@ -10,6 +10,7 @@ mod cost;
 pub mod eval;
 mod plan;
 pub mod planner;
+mod profile;
 mod relabel;
 mod replica;
 

@@ -24,11 +24,10 @@
 
 mod compare;
 pub mod plot;
-mod profile;
 mod report;
 
+pub use crate::profile::{DeviceProfile, ProfileError, PROFILE_NAMES};
 pub use compare::{compare, Compare, CompareError};
-pub use profile::{DeviceProfile, ProfileError, PROFILE_NAMES};
 pub use report::{Comparison, EvalReport, LayerReport, OverallReport};
 
 use moeflow_trace::{

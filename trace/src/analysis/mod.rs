@@ -39,6 +39,7 @@ mod report;
 pub mod stats;
 pub mod transition;
 pub mod workload;
+mod write;
 
 use std::collections::BTreeMap;
 
@@ -54,7 +55,8 @@ use transition::TransitionCounts;
 
 pub use markdown::render_markdown;
 pub use plot::{draw_plots, line_plot};
-pub use report::{write_report, AnalysisReport, ByPhase, InputSummary, PrefillDecode};
+pub use report::{AnalysisReport, ByPhase, InputSummary, PrefillDecode};
+pub use write::write_report;
 
 /// Why an analysis could not be set up, merged or written.
 #[derive(Debug, thiserror::Error)]

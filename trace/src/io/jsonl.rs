@@ -9,11 +9,13 @@
 //! [`MISSING_EXPERT`]; a generated row dropped at one layer shifts that layer's later
 //! generated rows by one, which the format cannot tell.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::BufRead;
+use std::path::Path;
 
 use serde::Deserialize;
 
+use super::evidence::{IdScan, Layers, ShapeEvidence};
 use super::FormatError;
 use crate::model::{Iteration, LayerRouting, Phase, RequestTrace, MISSING_EXPERT};
 
@@ -307,6 +309,41 @@ pub fn build(group: &RowGroup) -> Result<RequestTrace, FormatError> {
         started_ms: None,
         finished_ms: None,
         iterations,
+    })
+}
+
+/// The shape facts of a routing log read to its end: the layers that routed a token, the
+/// experts per token of the first row and the highest expert id; `None` when no row can be
+/// read.
+pub fn shape_evidence(r: impl BufRead, path: &Path) -> Option<ShapeEvidence> {
+    let (mut max_layer, mut max_e, mut k) = (None::<u32>, 0u16, None);
+    let mut layers = BTreeSet::new();
+    for g in Groups::new(r).flatten() {
+        for row in &g.rows {
+            max_layer = max_layer.max(Some(row.layer));
+            layers.insert(row.layer as usize);
+            k.get_or_insert(row.experts.len());
+            max_e = max_e.max(
+                row.experts
+                    .iter()
+                    .copied()
+                    .filter(|&e| e != MISSING_EXPERT)
+                    .max()
+                    .unwrap_or(0),
+            );
+        }
+    }
+    Some(ShapeEvidence {
+        path: path.to_path_buf(),
+        model: None,
+        num_layers: Layers::AtLeast(max_layer? as usize + 1),
+        moe_layers: layers.into_iter().collect(),
+        num_experts: None,
+        top_k: k,
+        ids: Some(IdScan {
+            max_expert: max_e,
+            files: 1,
+        }),
     })
 }
 

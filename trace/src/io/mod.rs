@@ -4,6 +4,7 @@
 //! determines the model shape and drives the readers in parallel.
 
 pub mod binary;
+pub mod evidence;
 pub mod jsonl;
 pub mod known_models;
 pub mod paper;

@@ -7,6 +7,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use super::evidence::{IdScan, Layers, ShapeEvidence};
 use super::paper_scan::{scan, RawIteration};
 use super::{FormatError, WriteError};
 use crate::model::{
@@ -199,6 +200,114 @@ pub fn labels(root_components: &[String], rel: &[String]) -> TreeLabels {
     TreeLabels {
         org_model: pair(at(5), at(4)),
         workload: pair(at(3), at(2)),
+    }
+}
+
+/// Reads the shape from a tree's first files: the first document that parses states the
+/// layers and top-k; where nobody states the expert count, the next documents of the same
+/// model (up to 16 files or 64 MiB) raise the highest expert id seen.
+#[derive(Debug)]
+pub struct ShapeScan {
+    first: Option<FirstDoc>,
+    files: usize,
+    max_expert: u16,
+    failures: Vec<String>,
+    budget: u64,
+    scan_ids: bool,
+}
+
+/// The layout facts of the first document that parsed, and where it was.
+#[derive(Debug)]
+struct FirstDoc {
+    num_layers: usize,
+    moe_layers: Vec<usize>,
+    top_k: Option<usize>,
+    org_model: Option<String>,
+    path: PathBuf,
+}
+
+impl ShapeScan {
+    /// `scan_ids`: read on for the highest expert id, because nobody states the expert count.
+    pub fn new(scan_ids: bool) -> Self {
+        Self {
+            first: None,
+            files: 0,
+            max_expert: 0,
+            failures: Vec::new(),
+            budget: 64 << 20,
+            scan_ids,
+        }
+    }
+
+    /// Reads one file: `rel` is its path below the root (whose last components are
+    /// `root_components`), `path` the file on disk it came from (an archive for its entries).
+    /// True when enough has been seen.
+    pub fn visit(
+        &mut self,
+        root_components: &[String],
+        path: &Path,
+        rel: Vec<String>,
+        bytes: &[u8],
+    ) -> bool {
+        let labels = labels(root_components, &rel);
+        match parse(bytes, rel.join("/"), labels.workload, None) {
+            Ok(doc) => {
+                self.budget = self.budget.saturating_sub(bytes.len() as u64);
+                self.files += 1;
+                let first = self.first.get_or_insert_with(|| FirstDoc {
+                    num_layers: doc.num_layers,
+                    moe_layers: doc.moe_layers.clone(),
+                    top_k: doc.top_k,
+                    org_model: labels.org_model.clone(),
+                    path: path.to_path_buf(),
+                });
+                if first.org_model == labels.org_model {
+                    self.max_expert = self.max_expert.max(
+                        doc.request
+                            .iterations
+                            .iter()
+                            .flat_map(|i| i.layers.iter())
+                            .flat_map(|l| l.experts.iter().copied())
+                            .max()
+                            .unwrap_or(0),
+                    );
+                }
+            }
+            Err(e) => self.failures.push(format!("{}: {e}", rel.join("/"))),
+        }
+        self.first.is_some() && (!self.scan_ids || self.files >= 16 || self.budget == 0)
+    }
+
+    /// Whether to stop looking: none of the first 64 files tried parses.
+    pub fn hopeless(&self) -> bool {
+        self.first.is_none() && self.failures.len() >= 64
+    }
+
+    /// What the files said, or why no file said anything.
+    pub fn finish(self) -> Result<ShapeEvidence, String> {
+        let Some(first) = self.first else {
+            return Err(format!(
+                "no readable paper JSON file; first failures: {}",
+                self.failures
+                    .iter()
+                    .take(3)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ));
+        };
+        Ok(ShapeEvidence {
+            path: first.path,
+            model: first.org_model,
+            num_layers: Layers::Stated(first.num_layers),
+            moe_layers: first.moe_layers,
+            num_experts: None,
+            top_k: first.top_k,
+            ids: Some(IdScan {
+                max_expert: self.max_expert,
+                files: self.files,
+            }),
+        })
     }
 }
 

@@ -2,8 +2,11 @@
 //! cumulative counts of a whole run, so they become [`CountsTrace`] items that support only
 //! the frequency statistics.
 
+use std::path::Path;
+
 use serde::Deserialize;
 
+use super::evidence::{Layers, ShapeEvidence};
 use super::FormatError;
 use crate::model::{CountsTrace, Phase};
 
@@ -72,6 +75,23 @@ pub fn parse(
         workload,
         phase,
         counts,
+    })
+}
+
+/// The shape facts of one dump: every layer, which of them route tokens, and the width of
+/// the lists (the expert count); a dump never says how many experts a token selects.
+pub fn shape_evidence(bytes: &[u8], path: &Path, id: String) -> Result<ShapeEvidence, FormatError> {
+    let c = parse(bytes, id, None, None)?;
+    Ok(ShapeEvidence {
+        path: path.to_path_buf(),
+        model: None,
+        num_layers: Layers::Stated(c.counts.len()),
+        moe_layers: (0..c.counts.len())
+            .filter(|&l| c.counts[l].is_some())
+            .collect(),
+        num_experts: c.counts.iter().flatten().map(Vec::len).next(),
+        top_k: None,
+        ids: None,
     })
 }
 

@@ -4,6 +4,7 @@
 use rayon::prelude::*;
 
 use crate::kv_cache::SeqView;
+use crate::nn::kernels::fmadd;
 
 /// Which cached positions a query at position `p` may attend to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,15 +109,6 @@ unsafe fn attend_row_avx2(
     out: &mut [f32],
 ) {
     attend_row::<true>(job, row, shape, scores, out)
-}
-
-#[inline(always)]
-fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
 }
 
 /// Query row `row` of `job`, all heads; `out` receives `num_heads * v_dim` floats.

@@ -49,6 +49,15 @@ impl Skeleton {
     pub fn total_ids(&self) -> usize {
         self.entries.iter().map(|e| e.ids).sum()
     }
+
+    /// Ids that carry a gate weight: one weight is stored per such id.
+    pub fn total_weights(&self) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| e.flags & FLAG_WEIGHTS != 0)
+            .map(|e| e.ids)
+            .sum()
+    }
 }
 
 /// Appends the skeleton columns of `r`.

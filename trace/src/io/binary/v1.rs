@@ -5,7 +5,7 @@
 use half::f16;
 
 use super::super::FormatError;
-use super::structure::{self, Cursor, FLAG_MISSING, FLAG_WEIGHTS};
+use super::structure::{self, Cursor, FLAG_MISSING};
 use crate::model::{ModelShape, RequestTrace, MISSING_EXPERT};
 
 /// Decodes one version-1 request payload (already inflated). Every count is checked against
@@ -42,12 +42,7 @@ pub(super) fn decode_request(b: &[u8], shape: &ModelShape) -> Result<RequestTrac
         }
         start += n;
     }
-    let n_weights: usize = sk
-        .entries
-        .iter()
-        .filter(|e| e.flags & FLAG_WEIGHTS != 0)
-        .map(|e| e.ids)
-        .sum();
+    let n_weights = sk.total_weights();
     let wlo = c.bytes(n_weights, "gate weights")?;
     let whi = c.bytes(n_weights, "gate weights (high bytes)")?;
     let weights: Vec<f32> = wlo
