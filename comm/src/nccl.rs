@@ -12,7 +12,8 @@
 //! CUDA driver is found as `libcuda.so` or `libcuda.so.1`. When a library is missing, every
 //! entry point returns [`CommError::NotAvailable`] saying which and how to fix it; cudarc's
 //! own loader would panic, so it is only called after the presence checks, and every call
-//! that can panic is caught.
+//! that can panic is caught. In a binary that also has candle's CUDA backend (the
+//! `cuda-linked` feature), cudarc links both libraries instead, and the checks are moot.
 //!
 //! All-to-all-v exchanges the byte counts first (an all-to-all of u64), copies the host
 //! buffers to the device, runs one grouped send/recv (`ncclGroupStart`/`ncclGroupEnd`), and
@@ -482,6 +483,35 @@ fn guard<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, CommError> {
     })
 }
 
+/// With candle's CUDA backend in the same binary (the `cuda-linked` feature, set by the
+/// binary's `cuda` feature), cudarc is linked against libcuda and libnccl instead of loading
+/// them at run time: a process that started has both, so there is nothing to look for.
+#[cfg(feature = "cuda-linked")]
+fn check_driver() -> Result<(), CommError> {
+    Ok(())
+}
+
+#[cfg(feature = "cuda-linked")]
+fn check_nccl() -> Result<(), CommError> {
+    Ok(())
+}
+
+/// Whether cudarc's run-time loader will find libnccl (`true` where it is linked).
+#[cfg(all(feature = "cuda-linked", test))]
+pub(crate) fn nccl_present() -> bool {
+    true
+}
+
+#[cfg(not(feature = "cuda-linked"))]
+pub(crate) fn nccl_present() -> bool {
+    // SAFETY: only tries to dlopen libnccl under the names cudarc will use.
+    guard("looking for libnccl", || unsafe {
+        cudarc::nccl::sys::is_culib_present()
+    })
+    .unwrap_or(false)
+}
+
+#[cfg(not(feature = "cuda-linked"))]
 fn check_driver() -> Result<(), CommError> {
     // SAFETY: only tries to dlopen the driver library under its usual names.
     let present = guard("looking for the CUDA driver", || unsafe {
@@ -496,12 +526,9 @@ fn check_driver() -> Result<(), CommError> {
     }
 }
 
+#[cfg(not(feature = "cuda-linked"))]
 fn check_nccl() -> Result<(), CommError> {
-    // SAFETY: only tries to dlopen libnccl under the names cudarc will use.
-    let present = guard("looking for libnccl", || unsafe {
-        cudarc::nccl::sys::is_culib_present()
-    })?;
-    if present {
+    if nccl_present() {
         return Ok(());
     }
     // SAFETY: loading NCCL runs no user code beyond its initialisers; the handle is dropped.
@@ -544,7 +571,7 @@ mod tests {
     /// `NotAvailable` instead of panicking; where NCCL is installed, the id can be created.
     #[test]
     fn missing_nccl_is_not_available_not_a_panic() {
-        let present = unsafe { cudarc::nccl::sys::is_culib_present() };
+        let present = nccl_present();
         match NcclComm::unique_id() {
             Err(CommError::NotAvailable(msg)) => {
                 assert!(!present);
