@@ -15,6 +15,10 @@
 //! reported as a fraction of the bandwidth (the active weights stream from memory once per
 //! step); every run is also reported as a fraction of matmul throughput.
 //!
+//! `--device cuda:N --dtype bf16` runs the same measurement on a GPU (a build with the
+//! `cuda` feature); the baselines are then the device's: the bandwidth of a 1 GiB on-device
+//! copy (bytes read plus bytes written) and the matmul throughput in the run's dtype.
+//!
 //! Prints one JSON object on stdout (human-readable lines go to stderr).
 
 use std::path::PathBuf;
@@ -36,6 +40,8 @@ struct Args {
     repeats: usize,
     warmup: usize,
     skip_baselines: bool,
+    device: String,
+    dtype: DType,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -47,6 +53,8 @@ fn parse_args() -> Result<Args, String> {
         repeats: 1,
         warmup: 1,
         skip_baselines: false,
+        device: "cpu".into(),
+        dtype: DType::F32,
     };
     let mut it = std::env::args().skip(1);
     let num = |v: Option<String>, name: &str| -> Result<usize, String> {
@@ -70,6 +78,17 @@ fn parse_args() -> Result<Args, String> {
             "--repeats" => a.repeats = num(it.next(), "--repeats")?.max(1),
             "--warmup" => a.warmup = num(it.next(), "--warmup")?,
             "--skip-baselines" => a.skip_baselines = true,
+            "--device" => a.device = it.next().ok_or("--device needs a value")?,
+            "--dtype" => {
+                a.dtype = match it.next().as_deref() {
+                    Some("f32") => DType::F32,
+                    Some("bf16") => DType::BF16,
+                    Some("f16") => DType::F16,
+                    other => {
+                        return Err(format!("--dtype: expected f32, bf16 or f16, got {other:?}"))
+                    }
+                }
+            }
             // `cargo bench` passes this to every target.
             "--bench" => {}
             other => return Err(format!("unknown argument {other}")),
@@ -104,18 +123,50 @@ fn memory_bandwidth_gbs() -> f64 {
     (n * 4) as f64 / best / 1e9
 }
 
-/// Best-of-10 GFLOP/s of candle's f32 matmul `[1024 x 1024] x [1024 x 1024]`.
-fn matmul_gflops() -> Result<f64, candle_core::Error> {
-    let d = Device::Cpu;
-    let a = Tensor::randn(0f32, 1.0, (1024, 1024), &d)?;
-    let b = Tensor::randn(0f32, 1.0, (1024, 1024), &d)?;
+/// Best-of-10 GFLOP/s of candle's matmul `[n x n] x [n x n]` in `dtype` on `device` (n =
+/// 1024 on a CPU, 4096 on a GPU, where 1024 would measure launch overhead).
+fn matmul_gflops(device: &Device, dtype: DType) -> Result<f64, candle_core::Error> {
+    let n = if device.is_cpu() { 1024 } else { 4096 };
+    let a = Tensor::randn(0f32, 1.0, (n, n), device)?.to_dtype(dtype)?;
+    let b = Tensor::randn(0f32, 1.0, (n, n), device)?.to_dtype(dtype)?;
     let mut best = f64::INFINITY;
     for _ in 0..10 {
+        device.synchronize()?;
         let t = Instant::now();
         std::hint::black_box(a.matmul(&b)?);
+        device.synchronize()?;
         best = best.min(t.elapsed().as_secs_f64());
     }
-    Ok(2.0 * 1024f64.powi(3) / best / 1e9)
+    Ok(2.0 * (n as f64).powi(3) / best / 1e9)
+}
+
+/// Best-of-10 bandwidth (GB/s, bytes read plus bytes written) of a 1 GiB copy on a GPU.
+fn device_copy_gbs(device: &Device) -> Result<f64, candle_core::Error> {
+    let n = (1usize << 30) / 4;
+    let t = Tensor::zeros(n, DType::F32, device)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..10 {
+        device.synchronize()?;
+        let start = Instant::now();
+        std::hint::black_box(t.copy()?);
+        device.synchronize()?;
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (n * 4) as f64 / best / 1e9)
+}
+
+fn parse_device(s: &str) -> Result<Device, Box<dyn std::error::Error>> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        d => {
+            let ordinal = d
+                .strip_prefix("cuda:")
+                .ok_or_else(|| format!("--device: expected cpu or cuda:N, got {d}"))?
+                .parse()
+                .map_err(|e| format!("--device {d}: {e}"))?;
+            Ok(Device::new_cuda(ordinal)?)
+        }
+    }
 }
 
 /// Parameter counts of a Qwen3-MoE checkpoint that decide its cost per token.
@@ -138,7 +189,7 @@ struct Costs {
     head_macs: f64,
 }
 
-fn costs(cfg: &ModelConfig) -> Result<Costs, String> {
+fn costs(cfg: &ModelConfig, weight_bytes: usize) -> Result<Costs, String> {
     let ModelConfig::Qwen3Moe(c) = cfg else {
         return Err("bench_generate computes costs for qwen3_moe checkpoints only".into());
     };
@@ -156,8 +207,8 @@ fn costs(cfg: &ModelConfig) -> Result<Costs, String> {
     }
     let head = c.vocab_size * h;
     Ok(Costs {
-        active_bytes: ((layer_macs + head) * 4) as f64,
-        expert_bytes: (3 * h * c.moe_intermediate_size * 4) as f64,
+        active_bytes: ((layer_macs + head) * weight_bytes) as f64,
+        expert_bytes: (3 * h * c.moe_intermediate_size * weight_bytes) as f64,
         moe_layers: (0..c.num_hidden_layers)
             .filter(|&l| c.is_moe_layer(l))
             .count(),
@@ -190,17 +241,18 @@ fn main() {
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse_args()?;
+    let device = parse_device(&args.device)?;
     let t = Instant::now();
     let model = Transformer::load(
         &args.model,
         LoadOptions {
-            dtype: DType::F32,
-            device: &Device::Cpu,
+            dtype: args.dtype,
+            device: &device,
             experts: None,
         },
     )?;
     let load_s = t.elapsed().as_secs_f64();
-    let costs = costs(model.config())?;
+    let costs = costs(model.config(), args.dtype.size_in_bytes())?;
     let vocab = model.shape().vocab_size as u32;
     eprintln!("loaded {} in {load_s:.2}s", args.model.display());
 
@@ -217,8 +269,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     let (bw, mm) = if args.skip_baselines {
         (f64::NAN, f64::NAN)
+    } else if device.is_cpu() {
+        (memory_bandwidth_gbs(), matmul_gflops(&device, args.dtype)?)
     } else {
-        (memory_bandwidth_gbs(), matmul_gflops()?)
+        (
+            device_copy_gbs(&device)?,
+            matmul_gflops(&device, args.dtype)?,
+        )
     };
     eprintln!("baselines: memory {bw:.1} GB/s, matmul {mm:.1} GFLOP/s");
 
@@ -281,10 +338,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let report = serde_json::json!({
         "engine": "moeflow",
         "model": args.model.display().to_string(),
+        "device": args.device,
+        "dtype": format!("{:?}", args.dtype).to_lowercase(),
         "load_s": load_s,
         "threads": rayon::current_num_threads(),
         "active_weight_bytes_per_token": costs.active_bytes,
-        "baselines": { "memory_bandwidth_gbs": bw, "matmul_1024_gflops": mm },
+        "baselines": { "memory_bandwidth_gbs": bw, "matmul_gflops": mm },
         "metric": "tokens_per_s = batch * new_tokens / wall time of generate() including prefill",
         "results": results,
     });
